@@ -1,0 +1,61 @@
+"""The shape of every run config (ml_collections). Family files fill `model`; studies override the rest.
+
+Sections: model (circuits.models.ModelConfig fields), data, train, mesh, checkpoint, probe.
+"""
+
+import ml_collections
+
+
+def model_fields(**kw) -> ml_collections.ConfigDict:
+  from circuits.models.config import ModelConfig
+
+  return ml_collections.ConfigDict(ModelConfig(**kw).to_dict())
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = model_fields()
+  c.data = ml_collections.ConfigDict(dict(
+      cache="",          # path of a packed-token tensorstore cache (launch.build_data writes it)
+      task="",           # seqio task or mixture name the cache is built from
+      vocab="",          # vocabulary spec ("byte", "spm:<path>", "synthetic:<size>")
+      seq_len=256,       # T; cache rows are T+1 tokens (inputs and shifted targets)
+      n_sequences=0,     # rows in the cache (0: enough for the run)
+      add_bos=True,
+      pack=True,
+      segment_mask=False,  # mask attention between packed documents (Pythia/OLMo default: off)
+  ))
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000,
+      batch_size=32,     # global batch, sequences
+      lr=3e-4,
+      min_lr_ratio=0.1,  # cosine decays to lr * min_lr_ratio
+      warmup_steps=50,
+      b1=0.9,
+      b2=0.95,
+      eps=1e-8,
+      weight_decay=0.0,
+      grad_clip=1.0,
+      z_loss=0.0,        # output (logit) z-loss coefficient
+      nan_policy="abort",  # "abort" or "skip"
+      log_every=10,
+      diagnostics=True,  # per-head attention reductions returned by every step
+  ))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: all remaining devices
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      log_spaced=True,    # keep 0, 1, 2, 4, ..., up to log_until, then every `every` (Pythia-style)
+      log_until=512,
+      every=1000,
+      resume_every=100,   # frequent resume checkpoints ...
+      keep_resume=2,      # ... of which only the latest few are kept
+      async_save=True,
+  ))
+  c.probe = ml_collections.ConfigDict(dict(
+      every=0,           # K: run the in-loop probe every K steps (0: never)
+      n=64,              # probe examples
+      seq_len=0,         # 0: data.seq_len
+      token_lo=0,        # 0: derived from the vocabulary
+      token_hi=0,
+  ))
+  return c

@@ -1,0 +1,6 @@
+"""olmo family, tiny size."""
+from configs.families import family_config
+
+
+def get_config():
+  return family_config("olmo", "tiny")

@@ -1,0 +1,6 @@
+"""olmoe_1b_7b: the published hyperparameters (see configs/families.py for the sources)."""
+from configs.families import family_config
+
+
+def get_config():
+  return family_config("olmoe", "1b")

@@ -1,0 +1,6 @@
+"""pythia family, small size."""
+from configs.families import family_config
+
+
+def get_config():
+  return family_config("pythia", "small")
