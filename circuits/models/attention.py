@@ -1,0 +1,124 @@
+"""THE attention of every family: MHA/GQA, partial rotary, clip_qkv, full-width QK-norm, fp32 softmax.
+
+Legend: B batch, T queries, S keys, D d_model, H heads, G kv heads, R = H / G, K head_dim, L layers.
+
+Besides its output, the op can return, when asked (never a [B, H, T, S] tensor):
+  stats: per-head reductions of the probabilities (circuits.diagnostics.attention_reductions), each [H];
+  rows_BxHxS / z_BxHxK: the attention row and the pre-output-projection vector at one query per example;
+and it can scale (zero) or replace chosen heads' z at the output-projection input, for ablations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from circuits import diagnostics
+from circuits.models import layers as L
+from circuits.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+  """What one attention call should capture or change (all optional; arrays are per layer)."""
+  stats: bool = False
+  query_pos_B: jax.Array | None = None  # capture rows and z at these query positions
+  head_scale_H: jax.Array | None = None  # multiply each head's z (0 = zero ablation)
+  head_replace_HxK: jax.Array | None = None  # replace z of heads where replace_mask_H ...
+  replace_mask_H: jax.Array | None = None  # ... is True (e.g. mean ablation), at every position
+
+
+def causal_mask(positions_BxT, segment_ids_BxT=None):
+  """[B, T, S] bool: key s visible from query t (s <= t, same segment if segment ids are given)."""
+  t = positions_BxT.shape[1]
+  mask_TxS = jnp.tril(jnp.ones((t, t), bool))
+  mask_BxTxS = jnp.broadcast_to(mask_TxS, (positions_BxT.shape[0], t, t))
+  if segment_ids_BxT is not None:
+    mask_BxTxS = mask_BxTxS & (segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :])
+  return mask_BxTxS
+
+
+def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, probe: Probe, kind: str = "softmax"):
+  """Scaled dot-product attention in fp32. Returns (z_BxTxHxK, aux) with aux per `probe`."""
+  b, t, h, k = q_BxTxHxK.shape
+  g = k_BxSxGxK.shape[2]
+  q_BxTxGxRxK = q_BxTxHxK.astype(jnp.float32).reshape(b, t, g, h // g, k)
+  logits_BxGxRxTxS = jnp.einsum("btgrk,bsgk->bgrts", q_BxTxGxRxK, k_BxSxGxK.astype(jnp.float32))
+  logits_BxHxTxS = logits_BxGxRxTxS.reshape(b, h, t, -1) / math.sqrt(k)
+  if kind != "softmax":
+    raise NotImplementedError(f"attention kind {kind!r} is not implemented yet")
+  logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+  probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
+  probs_BxGxRxTxS = probs_BxHxTxS.reshape(b, g, h // g, t, -1)
+  z_BxTxGxRxK = jnp.einsum("bgrts,bsgk->btgrk", probs_BxGxRxTxS, v_BxSxGxK.astype(jnp.float32))
+  z_BxTxHxK = z_BxTxGxRxK.reshape(b, t, h, k).astype(q_BxTxHxK.dtype)
+
+  aux = {}
+  if probe.stats:
+    aux["stats"] = diagnostics.attention_reductions(probs_BxHxTxS)
+  if probe.query_pos_B is not None:
+    idx_B = jnp.arange(b)
+    aux["rows_BxHxS"] = probs_BxHxTxS[idx_B, :, probe.query_pos_B, :]
+    aux["z_BxHxK"] = z_BxTxHxK[idx_B, probe.query_pos_B].astype(jnp.float32)
+  if probe.head_scale_H is not None:
+    z_BxTxHxK = z_BxTxHxK * probe.head_scale_H.astype(z_BxTxHxK.dtype)[:, None]
+  if probe.replace_mask_H is not None:
+    z_BxTxHxK = jnp.where(probe.replace_mask_H[:, None], probe.head_replace_HxK.astype(z_BxTxHxK.dtype),
+                          z_BxTxHxK)
+  return z_BxTxHxK, aux
+
+
+class Attention(nnx.Module):
+  """Projections around `attend`. Pythia: fused per-head [q,k,v] with biases; OLMo/OLMoE: separate q/k/v/o
+  without bias; OLMoE: RMSNorm over the full q and k projection widths before the head split and rotary."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, h, g, k = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.hd
+    self.cfg = cfg
+    self.fused = cfg.family == "pythia"
+    pd = cfg.param_dtype
+    if self.fused:
+      if g != h:
+        raise ValueError("model.n_kv_heads: the fused (Pythia) QKV layout needs n_kv_heads == n_heads")
+      std_3 = jnp.array([cfg.qk_init_std, cfg.qk_init_std, cfg.init_std], jnp.float32)
+      self.qkv = L.param(rngs, (d, h, 3, k), (L.EMBED, L.HEADS, L.QKV, L.HEAD_DIM), std=1.0, dtype=pd)
+      self.qkv[...] = self.qkv[...] * std_3[:, None].astype(pd)
+      self.qkv_bias = L.param(None, (h, 3, k), (L.HEADS, L.QKV, L.HEAD_DIM), fill=0.0, dtype=pd)
+    else:
+      self.q = L.param(rngs, (d, h, k), (L.EMBED, L.HEADS, L.HEAD_DIM), std=cfg.qk_init_std, dtype=pd)
+      self.k = L.param(rngs, (d, g, k), (L.EMBED, L.KV_HEADS, L.HEAD_DIM), std=cfg.qk_init_std, dtype=pd)
+      self.v = L.param(rngs, (d, g, k), (L.EMBED, L.KV_HEADS, L.HEAD_DIM), std=cfg.init_std, dtype=pd)
+    self.o = L.param(rngs, (h, k, d), (L.HEADS, L.HEAD_DIM, L.EMBED), std=cfg.init_std, dtype=pd)
+    self.o_bias = L.param(None, (d,), (L.EMBED,), fill=0.0, dtype=pd) if cfg.qkv_bias else None
+    self.qk_norm = cfg.family == "olmoe"
+    if self.qk_norm:
+      self.q_norm = L.RMSNorm(h * k, cfg.norm_eps, axis_name=L.HEADS, dtype=pd)
+      self.k_norm = L.RMSNorm(g * k, cfg.norm_eps, axis_name=L.KV_HEADS, dtype=pd)
+
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, probe: Probe = Probe()):
+    cfg, dt = self.cfg, x_BxTxD.dtype
+    b, t, _ = x_BxTxD.shape
+    if self.fused:
+      qkv_BxTxHx3xK = jnp.einsum("btd,dhck->bthck", x_BxTxD, self.qkv[...].astype(dt))
+      qkv_BxTxHx3xK = qkv_BxTxHx3xK + self.qkv_bias[...].astype(dt)
+      q, k, v = (qkv_BxTxHx3xK[:, :, :, i] for i in range(3))
+    else:
+      q = jnp.einsum("btd,dhk->bthk", x_BxTxD, self.q[...].astype(dt))
+      k = jnp.einsum("btd,dgk->btgk", x_BxTxD, self.k[...].astype(dt))
+      v = jnp.einsum("btd,dgk->btgk", x_BxTxD, self.v[...].astype(dt))
+    if self.qk_norm:  # over the full projection width, before the head split and rotary
+      q = self.q_norm(q.reshape(b, t, -1)).reshape(q.shape)
+      k = self.k_norm(k.reshape(b, t, -1)).reshape(k.shape)
+    if cfg.clip_qkv is not None:
+      q, k, v = (jnp.clip(a, -cfg.clip_qkv, cfg.clip_qkv) for a in (q, k, v))
+    q = L.rotary(q, positions_BxT, cfg.rotary_dim, cfg.rope_theta)
+    k = L.rotary(k, positions_BxT, cfg.rotary_dim, cfg.rope_theta)
+    z_BxTxHxK, aux = attend(q, k, v, mask_BxTxS, probe, kind=cfg.attention)
+    out_BxTxD = jnp.einsum("bthk,hkd->btd", z_BxTxHxK, self.o[...].astype(dt))
+    if self.o_bias is not None:
+      out_BxTxD = out_BxTxD + self.o_bias[...].astype(dt)
+    return out_BxTxD, aux

@@ -1,0 +1,121 @@
+"""Shared layers: parameters with logical axes, norms, rotary, MLPs, embeddings.
+
+Legend: B batch, T query length, S key length, D d_model, H heads, G kv heads, K head_dim, F mlp width,
+E experts, V vocab, L layers.
+
+Logical axis names (the only place they are declared; circuits/train/sharding.py maps them to mesh axes):
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Logical axis names used by every parameter.
+EMBED, VOCAB, HEADS, KV_HEADS, HEAD_DIM, MLP, EXPERT, QKV = (
+    "embed", "vocab", "heads", "kv_heads", "head_dim", "mlp", "expert", "qkv")
+LOGICAL_AXES = (EMBED, VOCAB, HEADS, KV_HEADS, HEAD_DIM, MLP, EXPERT, QKV)
+
+
+def dtype_of(name: str):
+  return jnp.dtype(name)
+
+
+def param(rngs: nnx.Rngs | None, shape, axes, *, std: float | None = None, fill: float | None = None,
+          dtype="float32") -> nnx.Param:
+  """A parameter with logical-axis metadata: normal(std) if `std` is given, else constant `fill`."""
+  assert len(shape) == len(axes), (shape, axes)
+  if std is not None:
+    value = std * jax.random.normal(rngs.params(), shape, dtype_of(dtype))
+  else:
+    value = jnp.full(shape, fill, dtype_of(dtype))
+  return nnx.Param(value, sharding_names=tuple(axes))
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm in fp32; `affine=False` is OLMo's parameter-free norm."""
+
+  def __init__(self, d: int, eps: float, affine: bool, dtype="float32"):
+    self.eps, self.affine = eps, affine
+    if affine:
+      self.scale = param(None, (d,), (EMBED,), fill=1.0, dtype=dtype)
+      self.bias = param(None, (d,), (EMBED,), fill=0.0, dtype=dtype)
+
+  def __call__(self, x_BxTxD):
+    x = x_BxTxD.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    if self.affine:
+      y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+    return y.astype(x_BxTxD.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm in fp32 with a weight (OLMoE; also its full-width QK-norm)."""
+
+  def __init__(self, d: int, eps: float, axis_name=EMBED, dtype="float32"):
+    self.eps = eps
+    self.scale = param(None, (d,), (axis_name,), fill=1.0, dtype=dtype)
+
+  def __call__(self, x):
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + self.eps)
+    return (self.scale[...].astype(jnp.float32) * y).astype(x.dtype)
+
+
+def rotary(x_BxTxHxK, positions_BxT, rotary_dim: int, theta: float):
+  """Rotate-half rotary embedding on the first `rotary_dim` dims of each head (GPT-NeoX convention)."""
+  inv_freq_R = 1.0 / (theta ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
+  angle_BxTxR = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_R
+  angle_BxTx1xK = jnp.concatenate([angle_BxTxR, angle_BxTxR], -1)[:, :, None, :]
+  cos, sin = jnp.cos(angle_BxTx1xK), jnp.sin(angle_BxTx1xK)
+  x_rot, x_pass = x_BxTxHxK[..., :rotary_dim], x_BxTxHxK[..., rotary_dim:]
+  x1, x2 = jnp.split(x_rot.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], -1)
+  out = (x_rot.astype(jnp.float32) * cos + rotated * sin).astype(x_BxTxHxK.dtype)
+  return jnp.concatenate([out, x_pass], -1)
+
+
+class Dense(nnx.Module):
+  """y = x @ W (+ b) over the last axis."""
+
+  def __init__(self, d_in, d_out, axes, *, bias: bool, std: float, rngs: nnx.Rngs, dtype="float32"):
+    self.kernel = param(rngs, (d_in, d_out), axes, std=std, dtype=dtype)
+    self.bias = param(None, (d_out,), axes[1:], fill=0.0, dtype=dtype) if bias else None
+
+  def __call__(self, x):
+    y = x @ self.kernel[...].astype(x.dtype)
+    return y + self.bias[...].astype(x.dtype) if self.bias is not None else y
+
+
+class GeluMLP(nnx.Module):
+  """Pythia MLP: exact (erf) GELU, biases."""
+
+  def __init__(self, d, f, *, std, rngs, dtype="float32"):
+    self.up = Dense(d, f, (EMBED, MLP), bias=True, std=std, rngs=rngs, dtype=dtype)
+    self.down = Dense(f, d, (MLP, EMBED), bias=True, std=std, rngs=rngs, dtype=dtype)
+
+  def __call__(self, x_BxTxD):
+    return self.down(jax.nn.gelu(self.up(x_BxTxD), approximate=False))
+
+
+class SwiGLU(nnx.Module):
+  """OLMo MLP: down(silu(gate(x)) * up(x)), no biases."""
+
+  def __init__(self, d, f, *, std, rngs, dtype="float32"):
+    self.gate = Dense(d, f, (EMBED, MLP), bias=False, std=std, rngs=rngs, dtype=dtype)
+    self.up = Dense(d, f, (EMBED, MLP), bias=False, std=std, rngs=rngs, dtype=dtype)
+    self.down = Dense(f, d, (MLP, EMBED), bias=False, std=std, rngs=rngs, dtype=dtype)
+
+  def __call__(self, x_BxTxD):
+    return self.down(jax.nn.silu(self.gate(x_BxTxD)) * self.up(x_BxTxD))
+
+
+class Embed(nnx.Module):
+  def __init__(self, v, d, *, std, rngs, dtype="float32"):
+    self.embedding = param(rngs, (v, d), (VOCAB, EMBED), std=std, dtype=dtype)
+
+  def __call__(self, tokens_BxT, dtype):
+    return jnp.take(self.embedding[...], tokens_BxT, axis=0).astype(dtype)

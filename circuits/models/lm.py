@@ -1,0 +1,89 @@
+"""The decoder shell every family shares: embed -> blocks -> final norm -> untied unembedding.
+
+Legend: B batch, T length, D d_model, V vocab, L layers, H heads, K head_dim, S keys, E experts.
+A family supplies its block (how attention and MLP are composed) and its norm.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from circuits.models import layers as L
+from circuits.models.attention import Probe, causal_mask
+from circuits.models.config import ModelConfig
+
+
+@struct.dataclass
+class ModelOutput:
+  logits_BxTxV: jax.Array
+  attn_stats: dict | None = None  # name -> [L, H] (circuits.diagnostics.ATTN_REDUCTIONS)
+  rows_BxLxHxS: jax.Array | None = None  # attention rows at query_pos_B
+  z_BxLxHxK: jax.Array | None = None  # pre-output-projection vectors at query_pos_B
+  moe: dict | None = None  # load_LxE, imbalance_L, router_entropy_L, lb_loss_L, z_loss_L, topk_idx_LxNxK
+  extremes: dict | None = None  # resid_absmax_L, resid_absmedian_L, v_norm_first_LxH, v_norm_mean_LxH
+
+
+def _stack(dicts: list[dict]) -> dict:
+  return {k: jnp.stack([d[k] for d in dicts]) for k in dicts[0]}
+
+
+class LM(nnx.Module):
+  """Decoder LM. `block_fn(cfg, rngs)` builds one block; `norm_fn(cfg)` builds a norm."""
+
+  def __init__(self, cfg: ModelConfig, block_fn: Callable, norm_fn: Callable, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = L.Embed(cfg.vocab_size, cfg.d_model, std=cfg.init_std, rngs=rngs, dtype=cfg.param_dtype)
+    self.blocks = nnx.List([block_fn(cfg, rngs) for _ in range(cfg.n_layers)])
+    self.final_norm = norm_fn(cfg)
+    self.unembed = L.param(rngs, (cfg.d_model, cfg.vocab_size), (L.EMBED, L.VOCAB), std=cfg.init_std,
+                           dtype=cfg.param_dtype)
+
+  def __call__(self, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None, stats: bool = False,
+               query_pos_B=None, head_scale_LxH=None, head_replace_LxHxK=None, replace_mask_LxH=None,
+               extremes: bool = False) -> ModelOutput:
+    """Logits, and on request per-head statistics, query-row captures and head ablations.
+
+    segment_ids_BxT: when given, attention is masked between packed documents (positions should then
+    restart per document). head_scale_LxH multiplies each head's pre-output-projection vector z (0 is
+    zero ablation); replace_mask_LxH swaps z for head_replace_LxHxK at every position (mean ablation).
+    Captured z is taken before its own layer's ablation.
+    """
+    cfg = self.cfg
+    b, t = tokens_BxT.shape
+    if positions_BxT is None:
+      positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    mask_BxTxS = causal_mask(positions_BxT, segment_ids_BxT)
+    x_BxTxD = self.embed(tokens_BxT, jnp.dtype(cfg.dtype))
+    attn_aux, moe_aux, ext = [], [], []
+    for i, block in enumerate(self.blocks):
+      probe = Probe(
+          stats=stats, query_pos_B=query_pos_B,
+          head_scale_H=None if head_scale_LxH is None else head_scale_LxH[i],
+          head_replace_HxK=None if head_replace_LxHxK is None else head_replace_LxHxK[i],
+          replace_mask_H=None if replace_mask_LxH is None else replace_mask_LxH[i])
+      x_BxTxD, a_aux, m_aux = block(x_BxTxD, positions_BxT, mask_BxTxS, probe)
+      attn_aux.append(a_aux)
+      if m_aux is not None:
+        moe_aux.append(m_aux)
+      if extremes:
+        ax = jnp.abs(x_BxTxD.astype(jnp.float32))
+        ext.append({"resid_absmax_L": ax.max(), "resid_absmedian_L": jnp.median(ax)})
+    logits_BxTxV = self.final_norm(x_BxTxD) @ self.unembed[...].astype(x_BxTxD.dtype)
+    out: dict[str, Any] = {"logits_BxTxV": logits_BxTxV.astype(jnp.float32)}
+    if stats:
+      out["attn_stats"] = _stack([a["stats"] for a in attn_aux])
+    if query_pos_B is not None:
+      out["rows_BxLxHxS"] = jnp.stack([a["rows_BxHxS"] for a in attn_aux], axis=1)
+      out["z_BxLxHxK"] = jnp.stack([a["z_BxHxK"] for a in attn_aux], axis=1)
+    if moe_aux:
+      m = _stack(moe_aux)
+      out["moe"] = {"load_LxE": m["load"], "imbalance_L": m["imbalance"],
+                    "router_entropy_L": m["router_entropy"], "lb_loss_L": m["lb_loss"],
+                    "z_loss_L": m["z_loss"], "topk_idx_LxNxK": m["topk_idx_NxK"]}
+    if extremes:
+      out["extremes"] = _stack(ext)
+    return ModelOutput(**out)
