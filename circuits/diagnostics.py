@@ -56,3 +56,70 @@ def routing_stats(probs_NxE, topk_idx_NxK, logits_NxE) -> dict:
       "lb_loss": n_experts * jnp.sum(frac_KxE * p_E[None, :]),
       "z_loss": jnp.mean(jnp.square(lse_N)),
   }
+
+
+# ----- probe measurements (in-loop probe and discovery) -----
+
+# The six head classes of METHODS.md, in table-column order.
+CLASSES = ("induction", "duplicate", "previous", "self", "first", "local")
+
+
+def class_targets(ab_N, seq_len: int):
+  """Key positions of each class at query q = T-1, as [N, m] int arrays (local: the 4 keys T-3..T-6).
+
+  induction -> ab+1 (the token after the first A); duplicate -> ab; previous -> T-2; self -> T-1;
+  first -> 0; local -> mean of T-3..T-6.
+  """
+  n, t = ab_N.shape[0], seq_len
+  full = lambda v: jnp.full((n, 1), v, jnp.int32)
+  return {
+      "induction": (ab_N + 1)[:, None].astype(jnp.int32),
+      "duplicate": ab_N[:, None].astype(jnp.int32),
+      "previous": full(t - 2),
+      "self": full(t - 1),
+      "first": full(0),
+      "local": jnp.broadcast_to(jnp.arange(t - 3, t - 7, -1, dtype=jnp.int32), (n, 4)),
+  }
+
+
+def row_mass(rows_NxLxHxS, pos_Nxm):
+  """Mean over examples (and over the m positions) of the attention on pos: [L, H]."""
+  rows_NxSxLxH = jnp.moveaxis(rows_NxLxHxS.astype(jnp.float32), -1, 1)
+  picked_NxmxLxH = jnp.take_along_axis(rows_NxSxLxH, pos_Nxm[:, :, None, None], axis=1)
+  return picked_NxmxLxH.mean(axis=(0, 1))
+
+
+def selectivity(rows_NxLxHxS, ab_N, baseline_pos_P, query_pos: int) -> dict:
+  """Six-class selectivities with both baselines, each [L, H], in fp32.
+
+  sel_<c> = mean_n A[target_c] / (mean attention at the fixed baseline positions) — the paper code's
+  baseline; sel_<c>_uniform = mean_n A[target_c] / (1 / (q + 1)) — the paper text's uniform baseline.
+  The division is guarded (baseline floored at the smallest normal fp32).
+  """
+  n, _, _, s = rows_NxLxHxS.shape
+  targets = class_targets(ab_N, s)
+  base_LxH = row_mass(rows_NxLxHxS, jnp.broadcast_to(baseline_pos_P, (n, baseline_pos_P.shape[0])))
+  base_LxH = jnp.maximum(base_LxH, jnp.finfo(jnp.float32).tiny)
+  uniform = 1.0 / (query_pos + 1)
+  out = {}
+  for c in CLASSES:
+    mass_LxH = row_mass(rows_NxLxHxS, targets[c])
+    out[f"sel_{c}"] = mass_LxH / base_LxH
+    out[f"sel_{c}_uniform"] = mass_LxH / uniform
+  return out
+
+
+def participation_ratio(z_NxLxHxK) -> dict:
+  """Per-head participation ratio of the stacked pre-output-projection vectors (not centred), [L, H].
+
+  s = singular values of M = z[:, l, h, :] (N x K, fp32); p = s^2 / sum s^2;
+  pr = exp(-sum p log p) (exp-entropy form); pr_classic = (sum s^2)^2 / sum s^4.
+  """
+  m_LxHxNxK = jnp.transpose(z_NxLxHxK.astype(jnp.float32), (1, 2, 0, 3))
+  s_LxHxR = jnp.linalg.svd(m_LxHxNxK, compute_uv=False)
+  s2 = jnp.square(s_LxHxR)
+  total = jnp.maximum(s2.sum(-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+  p = s2 / total
+  ent = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), -1)
+  return {"pr": jnp.exp(ent), "pr_classic": jnp.square(s2.sum(-1)) / jnp.maximum(jnp.square(s2).sum(-1),
+                                                                                   jnp.finfo(jnp.float32).tiny)}
