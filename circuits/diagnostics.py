@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 # Per-head reductions of an attention pattern, names as they appear in metrics and tables.
-ATTN_REDUCTIONS = ("first_mass", "entropy", "prev_mass", "self_mass")
+ATTN_REDUCTIONS = ("first_mass", "entropy", "prev_mass", "self_mass", "unplaced_mass")
 
 
 def entropy_rows(probs_BxHxTxS):
@@ -18,20 +18,25 @@ def entropy_rows(probs_BxHxTxS):
   return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
 
 
-def attention_reductions(probs_BxHxTxS) -> dict:
+def attention_reductions(probs_BxHxTxS, normalised: bool = True) -> dict:
   """Per-head means over batch and query positions, each [H]:
 
   first_mass: attention on key 0 (the first token; BOS when one is prepended);
-  entropy: row entropy in nats; prev_mass: attention on key t-1 (queries t >= 1);
-  self_mass: attention on key t (the diagonal).
-  Rows are assumed to be causal probabilities (T == S, query t sees keys 0..t).
+  entropy: row entropy in nats (for rows that do not sum to 1 — softmax1, sink_logit, sigmoid — the
+    entropy of the row renormalised over the real keys); prev_mass: attention on key t-1 (queries t >= 1);
+  self_mass: attention on key t (the diagonal); unplaced_mass: 1 - sum of the row, the mass a softmax1 or
+    sink-logit row puts on no real key (about 0 for softmax; negative when a sigmoid row sums above 1).
+  Rows are causal (T == S, query t sees keys 0..t). Masses are raw weights, never renormalised.
   """
   p = probs_BxHxTxS.astype(jnp.float32)
+  row_sum = p.sum(-1)
+  p_norm = p if normalised else p / jnp.maximum(row_sum, jnp.finfo(jnp.float32).tiny)[..., None]
   return {
       "first_mass": p[..., 0].mean(axis=(0, 2)),
-      "entropy": entropy_rows(p).mean(axis=(0, 2)),
+      "entropy": entropy_rows(p_norm).mean(axis=(0, 2)),
       "prev_mass": jnp.diagonal(p, offset=-1, axis1=-2, axis2=-1).mean(axis=(0, 2)),
       "self_mass": jnp.diagonal(p, offset=0, axis1=-2, axis2=-1).mean(axis=(0, 2)),
+      "unplaced_mass": (1.0 - row_sum).mean(axis=(0, 2)),
   }
 
 

@@ -42,24 +42,55 @@ def causal_mask(positions_BxT, segment_ids_BxT=None):
   return mask_BxTxS
 
 
-def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, probe: Probe, kind: str = "softmax"):
-  """Scaled dot-product attention in fp32. Returns (z_BxTxHxK, aux) with aux per `probe`."""
+def attention_weights(logits_BxHxTxS, mask_BxTxS, kind: str = "softmax", sink_logit_H=None):
+  """Attention weights of each variant, fp32 [B, H, T, S]; masked keys get exactly 0.
+
+  softmax   : softmax over the visible keys (the parity-tested default).
+  softmax1  : "softmax off by one" (E. Miller, "Attention Is Off By One", 2023): exp(l) / (1 + sum exp(l)),
+              i.e. a virtual key with logit 0 and zero value; rows may place less than 1 in total.
+  sink_logit: a learned per-head logit for a virtual key with zero value (as in levanter's attention
+              with sink; also gpt-oss "attention sinks"): exp(l) / (exp(b_h) + sum exp(l)).
+  gated     : softmax weights; the per-head sigmoid output gate is applied to z (see `Attention`).
+  sigmoid   : sigmoid(l + b) with b = -ln(S), no normalisation (Ramapuram et al. 2024, "Theory, Analysis,
+              and Best Practices for Sigmoid Self-Attention"); rows may place more or less than 1.
+  """
+  neg = jnp.finfo(jnp.float32).min
+  masked = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, neg)
+  if kind in ("softmax", "gated"):
+    return jax.nn.softmax(masked, axis=-1)
+  if kind in ("softmax1", "sink_logit"):
+    b, h, t, _ = logits_BxHxTxS.shape
+    extra_H = jnp.zeros((h,), jnp.float32) if kind == "softmax1" else sink_logit_H.astype(jnp.float32)
+    extra_BxHxTx1 = jnp.broadcast_to(extra_H[None, :, None, None], (b, h, t, 1))
+    return jax.nn.softmax(jnp.concatenate([masked, extra_BxHxTx1], -1), axis=-1)[..., :-1]
+  if kind == "sigmoid":
+    s = logits_BxHxTxS.shape[-1]
+    return jnp.where(mask_BxTxS[:, None], jax.nn.sigmoid(logits_BxHxTxS - jnp.log(float(s))), 0.0)
+  raise ValueError(f"unknown attention kind {kind!r}")
+
+
+def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, probe: Probe, kind: str = "softmax",
+           sink_logit_H=None, gate_BxTxHxK=None):
+  """Scaled dot-product attention in fp32. Returns (z_BxTxHxK, aux) with aux per `probe`.
+
+  z is each head's pre-output-projection vector (after the output gate, if any); captures and
+  ablations act on it.
+  """
   b, t, h, k = q_BxTxHxK.shape
   g = k_BxSxGxK.shape[2]
   q_BxTxGxRxK = q_BxTxHxK.astype(jnp.float32).reshape(b, t, g, h // g, k)
   logits_BxGxRxTxS = jnp.einsum("btgrk,bsgk->bgrts", q_BxTxGxRxK, k_BxSxGxK.astype(jnp.float32))
   logits_BxHxTxS = logits_BxGxRxTxS.reshape(b, h, t, -1) / math.sqrt(k)
-  if kind != "softmax":
-    raise NotImplementedError(f"attention kind {kind!r} is not implemented yet")
-  logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, jnp.finfo(jnp.float32).min)
-  probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
+  probs_BxHxTxS = attention_weights(logits_BxHxTxS, mask_BxTxS, kind, sink_logit_H)
   probs_BxGxRxTxS = probs_BxHxTxS.reshape(b, g, h // g, t, -1)
   z_BxTxGxRxK = jnp.einsum("bgrts,bsgk->btgrk", probs_BxGxRxTxS, v_BxSxGxK.astype(jnp.float32))
   z_BxTxHxK = z_BxTxGxRxK.reshape(b, t, h, k).astype(q_BxTxHxK.dtype)
+  if gate_BxTxHxK is not None:
+    z_BxTxHxK = z_BxTxHxK * gate_BxTxHxK
 
   aux = {}
   if probe.stats:
-    aux["stats"] = diagnostics.attention_reductions(probs_BxHxTxS)
+    aux["stats"] = diagnostics.attention_reductions(probs_BxHxTxS, normalised=kind in ("softmax", "gated"))
   if probe.query_pos_B is not None:
     idx_B = jnp.arange(b)
     aux["rows_BxHxS"] = probs_BxHxTxS[idx_B, :, probe.query_pos_B, :]
@@ -94,6 +125,13 @@ class Attention(nnx.Module):
       self.v = L.param(rngs, (d, g, k), (L.EMBED, L.KV_HEADS, L.HEAD_DIM), std=cfg.init_std, dtype=pd)
     self.o = L.param(rngs, (h, k, d), (L.HEADS, L.HEAD_DIM, L.EMBED), std=cfg.init_std, dtype=pd)
     self.o_bias = L.param(None, (d,), (L.EMBED,), fill=0.0, dtype=pd) if cfg.qkv_bias else None
+    # Variant parameters start at zero (no random draws), so switching the variant changes no other
+    # parameter: `gated` multiplies z by sigmoid(x @ gate) (Qiu et al. 2025, "Gated Attention for Large
+    # Language Models", elementwise gate after SDPA, from the layer input); `sink_logit` learns b_h.
+    if cfg.attention == "gated":
+      self.gate = L.param(None, (d, h, k), (L.EMBED, L.HEADS, L.HEAD_DIM), fill=0.0, dtype=pd)
+    if cfg.attention == "sink_logit":
+      self.sink_logit = L.param(None, (h,), (L.HEADS,), fill=0.0, dtype=pd)
     self.qk_norm = cfg.family == "olmoe"
     if self.qk_norm:
       self.q_norm = L.RMSNorm(h * k, cfg.norm_eps, axis_name=L.HEADS, dtype=pd)
@@ -117,7 +155,12 @@ class Attention(nnx.Module):
       q, k, v = (jnp.clip(a, -cfg.clip_qkv, cfg.clip_qkv) for a in (q, k, v))
     q = L.rotary(q, positions_BxT, cfg.rotary_dim, cfg.rope_theta)
     k = L.rotary(k, positions_BxT, cfg.rotary_dim, cfg.rope_theta)
-    z_BxTxHxK, aux = attend(q, k, v, mask_BxTxS, probe, kind=cfg.attention)
+    gate = None
+    if cfg.attention == "gated":
+      gate = jax.nn.sigmoid(jnp.einsum("btd,dhk->bthk", x_BxTxD, self.gate[...].astype(dt)))
+    sink = self.sink_logit[...] if cfg.attention == "sink_logit" else None
+    z_BxTxHxK, aux = attend(q, k, v, mask_BxTxS, probe, kind=cfg.attention, sink_logit_H=sink,
+                            gate_BxTxHxK=gate)
     out_BxTxD = jnp.einsum("bthk,hkd->btd", z_BxTxHxK, self.o[...].astype(dt))
     if self.o_bias is not None:
       out_BxTxD = out_BxTxD + self.o_bias[...].astype(dt)

@@ -30,7 +30,7 @@ def param(rngs: nnx.Rngs | None, shape, axes, *, std: float | None = None, fill:
     value = std * jax.random.normal(rngs.params(), shape, dtype_of(dtype))
   else:
     value = jnp.full(shape, fill, dtype_of(dtype))
-  return nnx.Param(value, sharding_names=tuple(axes))
+  return nnx.Param(value, out_sharding=tuple(axes))
 
 
 class LayerNorm(nnx.Module):
