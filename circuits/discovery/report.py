@@ -91,7 +91,7 @@ def _fig_circuit(m: str, df: pd.DataFrame, s: dict, p: dict, out: Path) -> str:
     a.set_ylabel(yl, fontsize=8)
     a.grid(alpha=0.3)
     a.legend(fontsize=6)
-  a1.set_yscale("symlog", linthresh=1)
+  a1.set_yscale("log", nonpositive="clip")
   fig.suptitle(f"{m}: final induction circuit heads ({col} >= {A.fmt(p['induction_threshold'])} at the last revision)",
                fontsize=9)
   return _save(fig, out, f"final_circuit_{_safe(m)}.png")
