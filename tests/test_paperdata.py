@@ -124,3 +124,18 @@ def test_integrals_csv_reproduced(tables):
     assert chk.loc[key, "max_abs_diff_vs_integrals_csv"] < 1e-9, key
   d = chk.loc[("pythia1b", "table_tokens")]
   assert 0.05 < d["max_abs_diff_vs_integrals_csv"] < 0.06 and d["max_rel_diff_vs_integrals_csv"] < 3e-4
+
+
+def test_launch_paperdata_report(tmp_path):
+  """launch.paperdata writes the three tables, summary.json, paper_claims.json and the report with its
+  'Where the paper's text and its data disagree' section."""
+  import json
+  from launch import paperdata as LP
+  LP.run(tmp_path)
+  assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["olmo.csv", "olmoe.csv", "pythia1b.csv"]
+  claims = json.loads((tmp_path / "paper_claims.json").read_text())
+  assert {c["finding"] for c in claims if c["agrees"] is False} == {"F3", "F4", "PR integral"}
+  assert {c["finding"] for c in claims if c["agrees"] is None} == {"F5", "F6"}
+  page = (tmp_path / "report.html").read_text()
+  assert "Where the paper&#x27;s text and its data disagree" in page or "Where the paper's text" in page
+  assert (tmp_path / "final_circuit_olmoe.png").is_file()
