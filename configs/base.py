@@ -25,6 +25,13 @@ def base_config() -> ml_collections.ConfigDict:
       add_bos=True,
       pack=True,
       segment_mask=False,  # mask attention between packed documents (Pythia/OLMo default: off)
+      corpora="data/corpora",  # launch.get_corpora output (natural-text tasks)
+      split="train",     # "train" (repeats, reshuffled each epoch) or "heldout"/"validation"
+      synthetic=ml_collections.ConfigDict(dict(  # circuits.data.synthetic generator parameters
+          n_bb=64, n_triggers=3, trigger_prob=0.1, bigram_k=8, table_seed=0,  # Bigram-Backcopy
+          n_span=256, span_min=8, span_max=16,  # combined task: span r_1..r_m r_1..r_m, m in [min, max]
+          repeat_n_ids=256, repeat_span_min=16, repeat_span_max=32,  # repeat_span task
+      )),
   ))
   c.train = ml_collections.ConfigDict(dict(
       steps=1000,
