@@ -6,6 +6,7 @@ numbers agree by construction. Legend: B batch, H heads, T queries, S keys, E ex
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 # Per-head reductions of an attention pattern, names as they appear in metrics and tables.
@@ -128,3 +129,112 @@ def participation_ratio(z_NxLxHxK) -> dict:
   ent = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), -1)
   return {"pr": jnp.exp(ent), "pr_classic": jnp.square(s2.sum(-1)) / jnp.maximum(jnp.square(s2).sum(-1),
                                                                                    jnp.finfo(jnp.float32).tiny)}
+
+
+# ----- "around the paper" measurements (discovery; METHODS.md) -----
+
+# TransformerLens-style detector patterns, in table-column order (`tl_<name>`).
+DETECTORS = ("previous", "duplicate", "induction")
+
+
+def detector_patterns(tokens_NxT, query_pos_NxQ) -> dict:
+  """TransformerLens detection patterns (0/1) of the rows at query_pos, each [N, Q, S] bool (S = T keys).
+
+  previous: key s = q-1; duplicate: s < q and tok[s] == tok[q]; induction: 1 <= s < q and
+  tok[s-1] == tok[q] (TL's duplicate pattern shifted one key right, strictly below the diagonal).
+  """
+  t = tokens_NxT.shape[1]
+  s_S = jnp.arange(t)
+  q_NxQx1 = query_pos_NxQ[..., None]
+  tok_q_NxQx1 = jnp.take_along_axis(tokens_NxT, query_pos_NxQ, axis=1)[..., None]
+  same_NxQxS = tokens_NxT[:, None, :] == tok_q_NxQx1
+  prev_tok_NxS = jnp.concatenate([jnp.full_like(tokens_NxT[:, :1], -1), tokens_NxT[:, :-1]], axis=1)
+  below_NxQxS = s_S < q_NxQx1
+  return {
+      "previous": s_S == q_NxQx1 - 1,
+      "duplicate": below_NxQxS & same_NxQxS,
+      "induction": below_NxQxS & (s_S >= 1) & (prev_tok_NxS[:, None, :] == tok_q_NxQx1),
+  }
+
+
+def detector_sums(rows_NxQxLxHxS, tokens_NxT, query_pos_NxQ, exclude_bos: bool = False,
+                  exclude_current_token: bool = False) -> dict:
+  """Per-example numerator and denominator of the TL detector scores over the captured query rows.
+
+  After TL's exclusions (exclude_bos: attention on key 0 set to 0; exclude_current_token: attention on
+  key q set to 0), num = sum_{q, s} A[q, s] * pattern[q, s], den = sum_{q, s} A[q, s]. Returns
+  {name: (num_NxLxH, den_NxLxH)}; summing over chunks of query positions and dividing gives TL's
+  `compute_head_attention_similarity_score` (error_measure="mul") of one prompt.
+  """
+  a = rows_NxQxLxHxS.astype(jnp.float32)
+  s_S = jnp.arange(a.shape[-1])
+  keep_NxQxS = jnp.ones(query_pos_NxQ.shape + (a.shape[-1],), bool)
+  if exclude_bos:
+    keep_NxQxS = keep_NxQxS & (s_S != 0)
+  if exclude_current_token:
+    keep_NxQxS = keep_NxQxS & (s_S != query_pos_NxQ[..., None])
+  a = a * keep_NxQxS[:, :, None, None, :]
+  den_NxLxH = a.sum(axis=(1, 4))
+  pats = detector_patterns(tokens_NxT, query_pos_NxQ)
+  return {n: (jnp.einsum("nqlhs,nqs->nlh", a, pats[n].astype(jnp.float32)), den_NxLxH) for n in DETECTORS}
+
+
+def detector_scores(rows_NxQxLxHxS, tokens_NxT, query_pos_NxQ, exclude_bos: bool = False,
+                    exclude_current_token: bool = False) -> dict:
+  """TL detector scores `tl_<name>` [L, H]: per prompt, the fraction of (kept) attention on the 0/1
+  pattern (detector_sums num / den, 0 where den == 0), averaged over the N prompts (as TL's detect_head).
+  The rows must cover every query of interest of each prompt (all T for TL's exact number)."""
+  out = {}
+  for n, (num, den) in detector_sums(rows_NxQxLxHxS, tokens_NxT, query_pos_NxQ, exclude_bos,
+                                     exclude_current_token).items():
+    out[f"tl_{n}"] = jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0).mean(0)
+  return out
+
+
+def sink_alpha_sums(rows_NxQxLxHxS, query_pos_NxQ, k: int = 0):
+  """(sum over rows with q >= k of A[q, k]) as [L, H], and the number of such rows (scalar)."""
+  use_NxQ = (query_pos_NxQ >= k).astype(jnp.float32)
+  a_NxQxLxH = rows_NxQxLxHxS[..., k].astype(jnp.float32)
+  return jnp.einsum("nqlh,nq->lh", a_NxQxLxH, use_NxQ), use_NxQ.sum()
+
+
+def sink_alpha(rows_NxQxLxHxS, query_pos_NxQ, k: int = 0):
+  """Gu et al. sink metric alpha_h = mean_{t >= k} A[t, k] over the captured rows: [L, H]."""
+  s, c = sink_alpha_sums(rows_NxQxLxHxS, query_pos_NxQ, k)
+  return s / jnp.maximum(c, 1.0)
+
+
+def sink_rate(alpha_LxH, eps: float = 0.3):
+  """Gu et al. Sink_k^eps: percent of heads with alpha_h > eps (scalar, in %)."""
+  return 100.0 * jnp.mean((alpha_LxH > eps).astype(jnp.float32))
+
+
+def token_losses(logits_BxTxV, tokens_BxT):
+  """loss_BxT[:, t] = -log p(tokens[t] | tokens[<t]) (from logits at t-1), fp32; column 0 is NaN."""
+  lp_BxTxV = jax.nn.log_softmax(logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(lp_BxTxV, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
+  return jnp.concatenate([jnp.full_like(nll[:, :1], jnp.nan), nll], axis=1)
+
+
+def icl_positions(seq_len: int) -> tuple:
+  """Token positions of the Olsson ICL score: (50, 500) when T > 500, else scaled to T as
+  (max(1, round(50 T / 512)), min(T-1, round(500 T / 512))) -- e.g. (25, 250) at T = 256."""
+  if seq_len > 500:
+    return 50, 500
+  return max(1, round(50 * seq_len / 512)), min(seq_len - 1, round(500 * seq_len / 512))
+
+
+def icl_score(loss_NxT, early: int, late: int):
+  """Olsson et al. ICL score: mean loss at token `late` minus mean loss at token `early` (negative = ICL)."""
+  return loss_NxT[:, late].mean() - loss_NxT[:, early].mean()
+
+
+def massive_activation_ratio(resid_absmax_L, resid_absmedian_L):
+  """max |residual| over median |residual| per layer ("massive activations"), guarded: [L]."""
+  return resid_absmax_L / jnp.maximum(resid_absmedian_L, jnp.finfo(jnp.float32).tiny)
+
+
+def topk_overlap(idx_a_LxNxK, idx_b_LxNxK):
+  """Router saturation: mean over tokens of |topk_a(n) ∩ topk_b(n)| / K, per layer [L]."""
+  eq_LxNxKxK = idx_a_LxNxK[..., :, None] == idx_b_LxNxK[..., None, :]
+  return eq_LxNxKxK.any(-1).sum(-1).mean(-1) / idx_a_LxNxK.shape[-1]

@@ -1,0 +1,347 @@
+"""One jitted, batched measurement pass per revision: every head's row of the per-head table.
+
+Legend: N probe examples, B chunk of examples, L layers, H heads, S = T keys, K head_dim, Q query positions,
+D null draws, P baseline positions, M positions of one class target (4 for local).
+
+    from circuits.discovery import measure
+    df, extras = measure.measure_revision(model, probe, revision="step1000", step=1000, tokens=2.1e9)
+
+The main pass sends chunks of B examples through one jitted function (attention in fp32). Per chunk it
+keeps only reductions of the query rows A[n, l, h, :] (class masses, baseline mass, null-position masses,
+summed over the chunk) and the per-head z [B, L, H, K] at the query; the full rows [N, L, H, T] are
+never gathered on the host (`keep_rows=True` returns them, for tests). Every number is fp32 on device.
+
+Columns (beyond the table contract of circuits/discovery/table.py):
+  pr_examples, pr_2000, pr_classic_2000, pr_2000_examples  PR on the first 500 / 2000 examples (N if fewer)
+  null_sel_p95, null_sel_p99, null_sel_max   pooled null selectivity (paper baseline) of D = 500 draws x
+                                             L x H: sel at one random non-target key per example and draw
+  n_heads_above_null_p99                     heads whose best-class selectivity exceeds null_sel_p99
+  tl_previous, tl_duplicate, tl_induction    TransformerLens detector scores ("mul"), on the rows of every
+                                             query position of the first n_detect probe examples
+  gu_alpha, gu_sink_pct                      Gu et al. alpha_h = mean_{t>=k} A[t, k] (same rows), and the
+                                             percent of heads with alpha > eps (per revision)
+  icl_score, icl_pos_early, icl_pos_late     Olsson ICL score on the natural-text batch: loss at token
+                                             late minus loss at token early (diagnostics.icl_positions)
+  resid_absmax, resid_absmedian, massive_ratio   per layer, on the first chunk (residual after the block)
+  moe_imbalance, moe_router_entropy, moe_lb_loss, moe_z_loss, moe_load_max, moe_load_min,
+  moe_topk_overlap_final                     per layer, MoE only, first chunk's tokens
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from flax import nnx
+
+from circuits import diagnostics as D
+
+NAN = float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasureConfig:
+  """Knobs of the measurement pass (defaults: the paper's sizes)."""
+  chunk: int = 64  # examples per jitted call
+  pr_sizes: tuple = (500, 2000)  # first n examples for `pr` and `pr_<n>`
+  null_draws: int = 500
+  null_seed: int = 0
+  n_detect: int = 8  # probe examples whose every query row feeds the TL detectors and the Gu metric
+  detect_chunk: int = 64  # query positions per jitted call of the detector pass
+  exclude_bos: bool = False
+  exclude_current_token: bool = False
+  gu_k: int = 0
+  gu_eps: float = 0.3
+  keep_rows: bool = False
+
+
+def split(model):
+  """(graphdef, state) of an NNX model: jitted functions take the graphdef as a static argument."""
+  return nnx.split(model)
+
+
+def _pad(x, b: int):
+  """Pads axis 0 of `x` to b rows by repeating row 0."""
+  n = x.shape[0]
+  if n == b:
+    return x
+  return np.concatenate([x, np.repeat(x[:1], b - n, axis=0)], axis=0)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _main_chunk(graphdef, state, tokens_BxT, qpos_B, valid_B, targets: dict, base_P, null_BxD):
+  """Sums over the chunk's valid examples of the class masses, baseline mass and null masses; z."""
+  model = nnx.merge(graphdef, state)
+  out = model(tokens_BxT, query_pos_B=qpos_B)
+  b = tokens_BxT.shape[0]
+  rows = out.rows_BxLxHxS.astype(jnp.float32) * valid_B[:, None, None, None]
+  sums = {c: D.row_mass(rows, pos) * b for c, pos in targets.items()}
+  sums["_base"] = D.row_mass(rows, jnp.broadcast_to(base_P, (b, base_P.shape[0]))) * b
+  rows_BxSxLxH = jnp.moveaxis(rows, -1, 1)
+  sums["_null_DxLxH"] = jnp.take_along_axis(rows_BxSxLxH, null_BxD[:, :, None, None], axis=1).sum(0)
+  return sums, out.z_BxLxHxK, out.rows_BxLxHxS
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+def _detect_chunk(graphdef, state, tokens_QxT, qpos_Q, exclude_bos, exclude_current, gu_k):
+  """One example repeated Q times, one query position each: TL detector sums and Gu sums."""
+  model = nnx.merge(graphdef, state)
+  out = model(tokens_QxT, query_pos_B=qpos_Q)
+  rows_1xQxLxHxS = out.rows_BxLxHxS[None]
+  det = D.detector_sums(rows_1xQxLxHxS, tokens_QxT[:1], qpos_Q[None], exclude_bos, exclude_current)
+  det = {n: (num[0], den[0]) for n, (num, den) in det.items()}
+  return det, D.sink_alpha_sums(rows_1xQxLxHxS, qpos_Q[None], gu_k)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _loss_chunk(graphdef, state, tokens_BxT):
+  model = nnx.merge(graphdef, state)
+  return D.token_losses(model(tokens_BxT).logits_BxTxV, tokens_BxT)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _aux_chunk(graphdef, state, tokens_BxT):
+  model = nnx.merge(graphdef, state)
+  out = model(tokens_BxT, extremes=True)
+  return out.extremes, out.moe
+
+
+_pr = jax.jit(D.participation_ratio)
+
+
+def null_positions(ab_N, seq_len: int, draws: int = 500, seed: int = 0) -> np.ndarray:
+  """[N, D] random non-target keys: uniform over 1..T-7 minus {ab, ab+1} (never 0, a class target or the
+  last six keys), one per example and draw, numpy RandomState(seed), example by example."""
+  rng = np.random.RandomState(seed)
+  out = np.empty((len(ab_N), draws), np.int32)
+  base = np.arange(1, seq_len - 6)
+  for n, ab in enumerate(np.asarray(ab_N)):
+    allowed = base[(base != ab) & (base != ab + 1)]
+    if not allowed.size:
+      raise ValueError(f"seq_len={seq_len} leaves no non-target key for the null calibration")
+    out[n] = allowed[rng.randint(0, allowed.size, size=draws)]
+  return out
+
+
+def _as_probe(probe) -> dict:
+  d = probe.as_dict() if hasattr(probe, "as_dict") else dict(probe)
+  return {k: np.asarray(d[k]) for k in ("tokens_NxT", "query_pos_N", "target_N", "ab_N")}
+
+
+def capture(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig(), baseline_pos_P=None) -> dict:
+  """The main pass over the probe: sums of class/baseline/null masses, z_NxLxHxK [, rows_NxLxHxS]."""
+  p = _as_probe(probe)
+  tok, qpos, ab = p["tokens_NxT"].astype(np.int32), p["query_pos_N"].astype(np.int32), p["ab_N"]
+  n, t = tok.shape
+  if not np.all(qpos == t - 1):
+    raise ValueError("selectivity needs the query at T-1 for every example (class targets are defined at "
+                     "q = T-1); got query positions " + str(np.unique(qpos)[:5]))
+  if baseline_pos_P is None:
+    from circuits.data.probes import baseline_positions  # pylint: disable=import-outside-toplevel
+    baseline_pos_P = baseline_positions(t, n=min(50, t - 7))  # the paper: 50 at T = 256
+  base_P = jnp.asarray(np.asarray(baseline_pos_P, np.int32))
+  null_NxD = null_positions(ab, t, cfg.null_draws, cfg.null_seed)
+  targets = {c: np.asarray(v) for c, v in D.class_targets(jnp.asarray(ab), t).items()}
+  acc, zs, rows = None, [], []
+  b = min(cfg.chunk, n)
+  for i in range(0, n, b):
+    j = min(i + b, n)
+    valid = np.zeros(b, np.float32)
+    valid[:j - i] = 1.0
+    sums, z, r = _main_chunk(graphdef, state, _pad(tok[i:j], b), _pad(qpos[i:j], b), valid,
+                             {c: _pad(v[i:j], b) for c, v in targets.items()}, base_P, _pad(null_NxD[i:j], b))
+    sums = jax.device_get(sums)
+    acc = sums if acc is None else {k: acc[k] + sums[k] for k in acc}
+    zs.append(np.asarray(z)[:j - i])
+    if cfg.keep_rows:
+      rows.append(np.asarray(r)[:j - i])
+  out = {"sums": acc, "n": n, "seq_len": t, "z_NxLxHxK": np.concatenate(zs)}
+  if cfg.keep_rows:
+    out["rows_NxLxHxS"] = np.concatenate(rows)
+  return out
+
+
+def selectivities(sums: dict, n: int, query_pos: int) -> dict:
+  """sel_<c> and sel_<c>_uniform [L, H] from capture sums (same definitions as diagnostics.selectivity),
+  and the pooled null selectivities [D, L, H] (paper baseline)."""
+  base = np.maximum(sums["_base"] / n, np.finfo(np.float32).tiny)
+  out = {}
+  for c in D.CLASSES:
+    mass = sums[c] / n
+    out[f"sel_{c}"] = mass / base
+    out[f"sel_{c}_uniform"] = mass * (query_pos + 1)
+  out["_null_DxLxH"] = (sums["_null_DxLxH"] / n) / base[None]
+  return out
+
+
+def detectors(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig()) -> dict:
+  """TL detector scores and Gu alpha [L, H] from the rows of every query position (0..T-1) of the first
+  n_detect examples (each example is repeated over chunks of query positions: the model API captures one
+  query per example)."""
+  p = _as_probe(probe)
+  tok = p["tokens_NxT"].astype(np.int32)[:cfg.n_detect]
+  t = tok.shape[1]
+  qb = min(cfg.detect_chunk, t)
+  scores, a_sum, a_cnt = None, 0.0, 0.0
+  for e in range(tok.shape[0]):
+    num_den = None
+    for i in range(0, t, qb):
+      q = np.arange(i, min(i + qb, t), dtype=np.int32)  # a shorter last chunk compiles once more
+      det, (s, c) = _detect_chunk(graphdef, state, np.repeat(tok[e:e + 1], len(q), 0), q,
+                                  cfg.exclude_bos, cfg.exclude_current_token, cfg.gu_k)
+      det = jax.device_get(det)
+      num_den = det if num_den is None else {k2: (num_den[k2][0] + v[0], num_den[k2][1] + v[1])
+                                              for k2, v in det.items()}
+      a_sum, a_cnt = a_sum + np.asarray(s), a_cnt + float(c)
+    sc = {f"tl_{k2}": np.where(d > 0, nu / np.where(d > 0, d, 1.0), 0.0) for k2, (nu, d) in num_den.items()}
+    scores = sc if scores is None else {k2: scores[k2] + v for k2, v in sc.items()}
+  out = {k2: v / tok.shape[0] for k2, v in scores.items()}
+  out["gu_alpha"] = a_sum / max(a_cnt, 1.0)
+  return out
+
+
+def icl(graphdef, state, natural, chunk: int = 64) -> dict:
+  """Olsson ICL score on the natural-text batch (per revision): loss at `late` minus loss at `early`."""
+  tok = _as_probe(natural)["tokens_NxT"].astype(np.int32)
+  n, t = tok.shape
+  early, late = D.icl_positions(t)
+  b = min(chunk, n)
+  losses = []
+  for i in range(0, n, b):
+    j = min(i + b, n)
+    losses.append(np.asarray(_loss_chunk(graphdef, state, _pad(tok[i:j], b)))[:j - i])
+  loss_NxT = np.concatenate(losses)
+  return {"icl_score": float(loss_NxT[:, late].mean() - loss_NxT[:, early].mean()),
+          "icl_pos_early": early, "icl_pos_late": late}
+
+
+def aux_stats(graphdef, state, probe, chunk: int = 64) -> dict:
+  """Extreme-token and MoE routing statistics on the first chunk of the probe (per layer)."""
+  tok = _as_probe(probe)["tokens_NxT"].astype(np.int32)[:chunk]
+  ext, moe = jax.device_get(_aux_chunk(graphdef, state, tok))
+  out = {"resid_absmax": ext["resid_absmax_L"], "resid_absmedian": ext["resid_absmedian_L"],
+         "massive_ratio": np.asarray(D.massive_activation_ratio(ext["resid_absmax_L"], ext["resid_absmedian_L"]))}
+  if moe is not None:
+    out.update(moe_imbalance=moe["imbalance_L"], moe_router_entropy=moe["router_entropy_L"],
+               moe_lb_loss=moe["lb_loss_L"], moe_z_loss=moe["z_loss_L"],
+               moe_load_max=moe["load_LxE"].max(-1), moe_load_min=moe["load_LxE"].min(-1),
+               _topk_idx_LxNxK=moe["topk_idx_LxNxK"])
+  return out
+
+
+def measure_revision(model, probe, *, revision: str, step: int, tokens: float, natural=None,
+                     cfg: MeasureConfig = MeasureConfig(), baseline_pos_P=None,
+                     final_topk_idx_LxNxK: Optional[np.ndarray] = None) -> tuple[pd.DataFrame, dict]:
+  """All per-head measurements of one revision: (DataFrame in the table contract, extras).
+
+  `probe`: the synthetic (or in-distribution) induction batch, query at T-1 (a ProbeBatch or a dict with
+  tokens_NxT, query_pos_N, target_N, ab_N). `natural`: optional natural-text batch for the ICL score
+  (NaN without it). `final_topk_idx_LxNxK`: the final revision's top-k expert sets on the same tokens
+  (MoE; `moe_topk_overlap_final` is NaN without it). extras holds z_NxLxHxK (for mean ablation), the
+  null pool, moe top-k indices, and rows_NxLxHxS when cfg.keep_rows.
+  """
+  graphdef, state = split(model)
+  cap = capture(graphdef, state, probe, cfg, baseline_pos_P)
+  n, t = cap["n"], cap["seq_len"]
+  sel = selectivities(cap["sums"], n, t - 1)
+  z = cap["z_NxLxHxK"]
+  l, h = z.shape[1], z.shape[2]
+  cols: dict[str, Any] = {k: v for k, v in sel.items() if not k.startswith("_")}
+  for i, size in enumerate(cfg.pr_sizes):
+    m = min(size, n)
+    pr = jax.device_get(_pr(jnp.asarray(z[:m])))
+    suffix = "" if i == 0 else f"_{size}"
+    cols[f"pr{suffix}"], cols[f"pr_classic{suffix}"] = pr["pr"], pr["pr_classic"]
+    cols[f"pr{suffix}_examples" if suffix else "pr_examples"] = m
+  null = sel["_null_DxLxH"].reshape(-1)
+  p95, p99, pmax = np.percentile(null, 95), np.percentile(null, 99), null.max()
+  best = np.max(np.stack([sel[f"sel_{c}"] for c in D.CLASSES]), axis=0)
+  cols.update(null_sel_p95=p95, null_sel_p99=p99, null_sel_max=pmax,
+              n_heads_above_null_p99=int((best > p99).sum()))
+  if cfg.n_detect > 0:
+    det = detectors(graphdef, state, probe, cfg)
+    cols.update(det)
+    cols["gu_sink_pct"] = float(D.sink_rate(jnp.asarray(det["gu_alpha"]), cfg.gu_eps))
+  cols.update(icl(graphdef, state, natural, cfg.chunk) if natural is not None else
+              {"icl_score": NAN, "icl_pos_early": NAN, "icl_pos_late": NAN})
+  aux = aux_stats(graphdef, state, probe, cfg.chunk)
+  topk = aux.pop("_topk_idx_LxNxK", None)
+  if topk is not None:
+    cols["moe_topk_overlap_final"] = (np.asarray(D.topk_overlap(jnp.asarray(topk), jnp.asarray(final_topk_idx_LxNxK)))
+                                      if final_topk_idx_LxNxK is not None else np.full(l, NAN))
+  layer_cols = {k: np.asarray(v) for k, v in aux.items()}
+  if "moe_topk_overlap_final" in cols:
+    layer_cols["moe_topk_overlap_final"] = np.asarray(cols.pop("moe_topk_overlap_final"))
+  ll, hh = np.meshgrid(np.arange(l), np.arange(h), indexing="ij")
+  data: dict[str, Any] = {"revision": str(revision), "step": int(step), "tokens": float(tokens),
+                          "layer": ll.reshape(-1), "head": hh.reshape(-1)}
+  for k, v in cols.items():
+    v = np.asarray(v, dtype=np.float64)
+    data[k] = v.reshape(-1) if v.shape == (l, h) else np.full(l * h, float(v))
+  for k, v in layer_cols.items():
+    data[k] = np.repeat(np.asarray(v, np.float64), h)
+  df = pd.DataFrame(data)
+  extras = {"z_NxLxHxK": z, "null_pool": null, "topk_idx_LxNxK": None if topk is None else np.asarray(topk)}
+  if cfg.keep_rows:
+    extras["rows_NxLxHxS"] = cap["rows_NxLxHxS"]
+  return df, extras
+
+
+# ------------------------------------------------------------------------------------------- timing
+
+
+def time_pass_vs_reference(model, hf_model, probe, *, batch_ref: int = 4, cfg: MeasureConfig = MeasureConfig(),
+                           repeats: int = 1) -> dict:
+  """Seconds for our measurement pass (main capture + selectivity + PR; after a warm-up compile) vs a
+  paper-style reference on the same probe: HF eager forward with output_attentions=True, forward
+  pre-hooks on every layer's output projection capturing z, batch `batch_ref`, full [B, H, T, T] maps,
+  query rows sliced on the host. Returns {"ours_s", "ours_compile_s", "reference_s", "n", "seq_len"}.
+  """
+  import torch  # pylint: disable=import-outside-toplevel
+
+  p = _as_probe(probe)
+  graphdef, state = split(model)
+  cfg = dataclasses.replace(cfg, n_detect=0)
+
+  def ours():
+    cap = capture(graphdef, state, p, cfg)
+    selectivities(cap["sums"], cap["n"], cap["seq_len"] - 1)
+    jax.block_until_ready(_pr(jnp.asarray(cap["z_NxLxHxK"][:cfg.pr_sizes[0]])))
+
+  t0 = time.perf_counter()
+  ours()
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for _ in range(repeats):
+    ours()
+  ours_s = (time.perf_counter() - t0) / repeats
+
+  outs = [m for name, m in hf_model.named_modules() if name.endswith(("attention.dense", "self_attn.o_proj"))]
+  captured = []
+  hooks = [m.register_forward_pre_hook(lambda mod, args: captured.append(args[0][:, -1].detach().clone()))
+           for m in outs]
+  tok = p["tokens_NxT"]
+  t0 = time.perf_counter()
+  with torch.no_grad():
+    for _ in range(repeats):
+      rows, zs = [], []
+      for i in range(0, tok.shape[0], batch_ref):
+        captured.clear()
+        o = hf_model(torch.as_tensor(tok[i:i + batch_ref], dtype=torch.long), output_attentions=True)
+        rows.append(torch.stack([a[:, :, -1, :] for a in o.attentions], 1).float())
+        zs.append(torch.stack(list(captured), 1))
+      torch.cat(rows)
+      z = torch.cat(zs)[:cfg.pr_sizes[0]]  # [N, L, H*K]
+      z = z.reshape(z.shape[0], z.shape[1], rows[0].shape[2], -1).permute(1, 2, 0, 3)
+      torch.linalg.svdvals(z)
+  ref_s = (time.perf_counter() - t0) / repeats
+  for hk in hooks:
+    hk.remove()
+  return {"ours_s": ours_s, "ours_compile_s": compile_s, "reference_s": ref_s, "n": int(tok.shape[0]),
+          "seq_len": int(tok.shape[1])}
