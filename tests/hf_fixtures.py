@@ -6,7 +6,7 @@
     old = to_old_format(path, tmp_path / "old", bin=True, shard=False, fused_experts=True)
 
 FIXTURES maps a name to (model_type, config kwargs). Every fixture is seeded (torch.manual_seed) and every
-parameter -- norms and biases included -- is re-drawn from a normal with std `std` (default 0.1), so a
+parameter -- norms and biases included -- is re-drawn from a normal with std `std` (default 0.2; norm gains 1 + normal), so a
 conversion that drops a norm weight or a bias cannot pass parity by accident. Sizes: d_model 32-64,
 2 layers, vocab 128. Requires torch and transformers (tests only).
 
@@ -46,14 +46,14 @@ FIXTURES: dict[str, tuple[str, dict]] = {
     "neox_rot100_seq": ("gpt_neox", dict(_NEOX, use_parallel_residual=False,
                                          rope_parameters=dict(rope_type="default", rope_theta=500.0,
                                                               partial_rotary_factor=1.0))),
-    "olmo_mha_clip": ("olmo", dict(_OLMO, clip_qkv=0.5,
+    "olmo_mha_clip": ("olmo", dict(_OLMO, clip_qkv=1.0,
                                    rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
     "olmo_gqa_noclip": ("olmo", dict(_OLMO, num_key_value_heads=2, clip_qkv=None,
                                      rope_parameters=dict(rope_type="default", rope_theta=1000.0))),
     "olmoe_mha_top2": ("olmoe", dict(_OLMOE, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False,
                                      rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
     "olmoe_gqa_top3": ("olmoe", dict(_OLMOE, num_key_value_heads=2, num_experts=8, num_experts_per_tok=3,
-                                     norm_topk_prob=True, clip_qkv=0.5,
+                                     norm_topk_prob=True, clip_qkv=1.0,
                                      rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
 }
 
@@ -68,7 +68,7 @@ def _classes(model_type: str):
           "olmoe": (tf.OlmoeConfig, tf.OlmoeForCausalLM)}[model_type]
 
 
-def make_hf_model(name: str, *, seed: int = 0, std: float = 0.1, **overrides):
+def make_hf_model(name: str, *, seed: int = 0, std: float = 0.2, **overrides):
   """The random HF torch model of fixture `name` (fp32, eval mode, eager attention)."""
   import torch
 
@@ -79,12 +79,14 @@ def make_hf_model(name: str, *, seed: int = 0, std: float = 0.1, **overrides):
   torch.manual_seed(seed)
   model = model_cls(config).to(torch.float32).eval()
   with torch.no_grad():
-    for p in model.parameters():
+    for pname, p in model.named_parameters():
       p.normal_(0.0, std)
+      if "norm" in pname and pname.endswith("weight"):  # norm gains around 1, still random
+        p.add_(1.0)
   return model
 
 
-def make_hf_dir(path, name: str, *, seed: int = 0, std: float = 0.1, **overrides) -> Path:
+def make_hf_dir(path, name: str, *, seed: int = 0, std: float = 0.2, **overrides) -> Path:
   """save_pretrained a random fixture model into `path` (safetensors, one file). Returns the path."""
   path = Path(path)
   model = make_hf_model(name, seed=seed, std=std, **overrides)
