@@ -48,8 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
       nan_policy="abort",  # "abort" or "skip"
       log_every=10,
       diagnostics=True,  # per-head attention reductions returned by every step
+      progress=True,     # tqdm progress bar (loss, tokens/s, ETA)
+      host_sleep_s=0.0,  # host pause per step (only for interruption tests and demos)
   ))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: all remaining devices
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))  # -1: all remaining devices
   c.checkpoint = ml_collections.ConfigDict(dict(
       log_spaced=True,    # keep 0, 1, 2, 4, ..., up to log_until, then every `every` (Pythia-style)
       log_until=512,
@@ -57,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
       resume_every=100,   # frequent resume checkpoints ...
       keep_resume=2,      # ... of which only the latest few are kept
       async_save=True,
+      enabled=True,       # False: no checkpoints at all (benchmarks)
   ))
   c.probe = ml_collections.ConfigDict(dict(
       every=0,           # K: run the in-loop probe every K steps (0: never)
@@ -64,5 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
       seq_len=0,         # 0: data.seq_len
       token_lo=0,        # 0: derived from the vocabulary
       token_hi=0,
+      seed=42,           # numpy RandomState seed of the synthetic induction batch (paper: 42)
+      n_baseline=50,     # fixed baseline positions (paper: 50; capped by what seq_len admits)
   ))
   return c

@@ -1,0 +1,187 @@
+"""The train state, the optimizer, and the pure step `(state, batch, probe) -> (state, metrics)`.
+
+Legend: B batch, T length, V vocab, L layers, H heads, E experts, N probe examples, P baseline positions.
+The state is a pure pytree (nested dicts of arrays):
+  params     nnx.to_pure_dict of the model's nnx.Param state
+  opt_state  optax state (clip -> AdamW with warmup + cosine decay)
+  step       int32: updates applied so far (= index of the next data batch)
+  rng        uint32[2]: the run's PRNG key (the models use no dropout; kept for completeness)
+  n_skipped  int32: steps skipped by nan_policy="skip"
+Metrics of step t describe the parameters of checkpoint t (loss, grad norm, attention stats, probe); lr
+is the rate of the update t -> t+1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from circuits import diagnostics
+from circuits.models import ModelConfig, build_model
+
+PROBE_SEL = ("sel_induction", "sel_previous", "sel_first", "sel_induction_uniform", "sel_previous_uniform",
+             "sel_first_uniform")
+
+
+def lr_schedule(tr) -> optax.Schedule:
+  """Linear warmup from 0 to train.lr over warmup_steps, then cosine to lr * min_lr_ratio at train.steps."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=float(tr.lr), warmup_steps=int(tr.warmup_steps),
+      decay_steps=int(tr.steps), end_value=float(tr.lr) * float(tr.min_lr_ratio))
+
+
+def make_optimizer(tr) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW; weight decay only on matrices (ndim >= 2), not biases or norms."""
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  parts = [optax.clip_by_global_norm(float(tr.grad_clip))] if tr.grad_clip > 0 else []
+  parts.append(optax.adamw(lr_schedule(tr), b1=float(tr.b1), b2=float(tr.b2), eps=float(tr.eps),
+                           weight_decay=float(tr.weight_decay), mask=decay_mask))
+  return optax.chain(*parts)
+
+
+def abstract_model(model_cfg: ModelConfig, seed: int = 0):
+  """(graphdef, abstract Param state) without allocating anything."""
+  model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(seed)))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  if jax.tree.leaves(rest):
+    raise NotImplementedError("the model holds non-Param state; the trainer only carries nnx.Param")
+  return graphdef, params
+
+
+def init_state(model_cfg: ModelConfig, tx, seed: int) -> dict:
+  """A fresh train state (call under jax.jit with out_shardings to place it directly)."""
+  model = build_model(model_cfg, rngs=nnx.Rngs(seed))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  return dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
+              rng=jax.random.PRNGKey(seed), n_skipped=jnp.zeros((), jnp.int32))
+
+
+# ----- the probe batch -----
+
+def probe_batch(config, model_cfg: ModelConfig) -> dict[str, np.ndarray]:
+  """The fixed synthetic induction batch (tokens_NxT, ab_N) and baseline positions (baseline_P).
+
+  Uses circuits.data.probes (the paper's generator) when present, else a local copy of its rule.
+  """
+  from circuits.train.config import probe_token_range
+
+  pr = config.probe
+  t = int(pr.seq_len or config.data.seq_len)
+  lo, hi = probe_token_range(config, model_cfg)
+  n_base = min(int(pr.n_baseline), len(set(range(1, t - 1)) - {0, *range(t - 6, t)}))
+  try:
+    from circuits.data import probes
+    b = probes.synthetic_induction_batch(n=int(pr.n), seq_len=t, lo=lo, hi=hi, seed=int(pr.seed))
+    tokens, ab = b.tokens_NxT, b.ab_N
+    base = probes.baseline_positions(seq_len=t, n=n_base)
+  except ImportError:
+    tokens, ab, base = _local_probe(int(pr.n), t, lo, hi, int(pr.seed), n_base)
+  return dict(tokens_NxT=np.asarray(tokens, np.int32), ab_N=np.asarray(ab, np.int32),
+              baseline_P=np.asarray(base, np.int32))
+
+
+def _local_probe(n, t, lo, hi, seed, n_base):
+  """Fallback of METHODS.md's synthetic batch (ab range scaled from (20, 128) at T=256)."""
+  rng = np.random.RandomState(seed)
+  ab_lo, ab_hi = max(1, round(20 * t / 256)), min(t - 3, round(128 * t / 256))
+  toks, abs_ = np.empty((n, t), np.int32), np.empty(n, np.int32)
+  for e in range(n):
+    seq = rng.randint(lo, hi, size=t)
+    a, b = rng.choice(np.arange(lo, hi), 2, replace=False)
+    p = rng.randint(ab_lo, ab_hi)
+    seq[p], seq[p + 1] = a, b
+    for v, keep in ((a, p), (b, p + 1)):
+      for i in np.flatnonzero(seq == v):
+        if i != keep:
+          seq[i] = rng.randint(lo, hi)
+    seq[-1] = a
+    toks[e], abs_[e] = seq, p
+  excluded, base = {0, *range(t - 6, t)}, []
+  rng = np.random.RandomState(0)
+  while len(base) < n_base:
+    q = int(rng.randint(1, t - 1))
+    if q not in excluded and q not in base:
+      base.append(q)
+  return toks, abs_, np.asarray(base, np.int32)
+
+
+# ----- the step -----
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  diagnostics: bool = True
+  z_loss: float = 0.0
+  nan_policy: str = "abort"
+  probe_every: int = 0
+  segment_mask: bool = False
+
+
+def make_step(graphdef, model_cfg: ModelConfig, tx, schedule: optax.Schedule, opts: StepOptions) -> Callable:
+  """The pure train step `(state, batch, probe) -> (state, metrics)` (jit it with shardings)."""
+
+  def loss_fn(params, batch):
+    model = nnx.merge(graphdef, params)
+    kw = {}
+    if opts.segment_mask:
+      kw = dict(segment_ids_BxT=batch["segment_ids_BxT"], positions_BxT=batch["positions_BxT"])
+    out = model(batch["tokens_BxT"], stats=opts.diagnostics, **kw)
+    logits_BxTxV = out.logits_BxTxV
+    lse_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+    tgt_BxT = jnp.take_along_axis(logits_BxTxV, batch["targets_BxT"][..., None], axis=-1)[..., 0]
+    mask_BxT = batch["loss_mask_BxT"]
+    denom = jnp.maximum(mask_BxT.sum(), 1.0)
+    ce = jnp.sum((lse_BxT - tgt_BxT) * mask_BxT) / denom
+    zl = jnp.sum(jnp.square(lse_BxT) * mask_BxT) / denom
+    total = ce + opts.z_loss * zl if opts.z_loss else ce
+    aux: dict[str, Any] = {"loss": ce, "z_loss": zl, "tokens": mask_BxT.sum()}
+    if out.moe is not None:
+      lb, rz = out.moe["lb_loss_L"].mean(), out.moe["z_loss_L"].mean()
+      total = total + model_cfg.router_aux_loss_coef * lb + model_cfg.router_z_loss_coef * rz
+      aux["moe"] = {"load": out.moe["load_LxE"], "imbalance": out.moe["imbalance_L"],
+                    "router_entropy": out.moe["router_entropy_L"], "lb_loss": out.moe["lb_loss_L"],
+                    "z_loss": out.moe["z_loss_L"]}
+    if opts.diagnostics:
+      aux["attn"] = dict(out.attn_stats)
+    aux["loss_total"] = total
+    return total, jax.lax.stop_gradient(aux)
+
+  def run_probe(params, probe):
+    model = nnx.merge(graphdef, params)
+    tokens_NxT = probe["tokens_NxT"]
+    n, t = tokens_NxT.shape
+    out = model(tokens_NxT, query_pos_B=jnp.full((n,), t - 1, jnp.int32))
+    sel = diagnostics.selectivity(out.rows_BxLxHxS, probe["ab_N"], probe["baseline_P"], t - 1)
+    res = {k: sel[k] for k in PROBE_SEL}
+    res.update(diagnostics.participation_ratio(out.z_BxLxHxK))
+    return res
+
+  def step(state, batch, probe):
+    params, opt_state = state["params"], state["opt_state"]
+    (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+    grad_norm = optax.global_norm(grads)
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+    n_skipped = state["n_skipped"]
+    if opts.nan_policy == "skip":
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+      new_params, new_opt = keep(new_params, params), keep(new_opt, opt_state)
+      n_skipped = n_skipped + (~finite).astype(jnp.int32)
+    metrics = dict(aux, grad_norm=grad_norm, lr=schedule(state["step"]), finite=finite, n_skipped=n_skipped)
+    if opts.probe_every:
+      ran = state["step"] % opts.probe_every == 0
+      shapes = jax.eval_shape(run_probe, params, probe)
+      nan = lambda p, b: jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+      metrics["probe"] = jax.lax.cond(ran, run_probe, nan, params, probe)
+      metrics["probe_ran"] = ran
+    new_state = dict(params=new_params, opt_state=new_opt, step=state["step"] + 1, rng=state["rng"],
+                     n_skipped=n_skipped)
+    return new_state, metrics
+
+  return step
