@@ -174,10 +174,18 @@ def test_segment_mask_matches_documents_run_alone(family):
   toks, seg, pos = packed[0]  # 32 tokens: doc 0 (10), doc 1 (14), the first 8 of doc 2
   model = build_model(ModelConfig(family=family, vocab_size=128, d_model=32, n_layers=2, n_heads=2, d_ff=64),
                       rngs=nnx.Rngs(0))
-  out = model(toks[None], segment_ids_BxT=seg[None], positions_BxT=pos[None]).logits_BxTxV[0]
-  for s in np.unique(seg):
+  # one call (one shape): row 0 packed and masked; rows 1.. each document alone at the start of a row (the
+  # tokens after it cannot change its logits: causal); last row packed without masking (Pythia/OLMo default)
+  t = toks.size
+  alone = np.zeros((len(np.unique(seg)), t), np.int32)
+  for r, s in enumerate(np.unique(seg)):
+    alone[r, :(seg == s).sum()] = toks[seg == s]
+  tokens = np.concatenate([toks[None], alone, toks[None]])
+  ones, arange = np.ones((1, t), np.int32), np.arange(t, dtype=np.int32)[None]
+  segs = np.concatenate([seg[None]] + [ones] * (len(alone) + 1))
+  poss = np.concatenate([pos[None]] + [arange] * (len(alone) + 1))
+  out = np.asarray(model(tokens, segment_ids_BxT=segs, positions_BxT=poss).logits_BxTxV)
+  for r, s in enumerate(np.unique(seg)):
     idx = np.flatnonzero(seg == s)
-    alone = model(toks[idx][None]).logits_BxTxV[0]
-    np.testing.assert_allclose(np.asarray(out)[idx], np.asarray(alone), atol=2e-5, rtol=1e-4)
-  unmasked = model(toks[None]).logits_BxTxV[0]  # Pythia/OLMo default: documents see each other
-  assert not np.allclose(np.asarray(unmasked)[seg == 2], np.asarray(out)[seg == 2], atol=1e-4)
+    np.testing.assert_allclose(out[0, idx], out[1 + r, :idx.size], atol=2e-5, rtol=1e-4)
+  assert not np.allclose(out[-1, seg == 2], out[0, seg == 2], atol=1e-4)
