@@ -85,6 +85,9 @@ def examples(data_cfg, seed: int) -> tuple[Iterator[np.ndarray], Any, str]:
   ds = provider.get_dataset(sequence_length={"targets": length}, split=split, shuffle=False, seed=int(seed),
                             num_epochs=1, trim_output_features=False)
   vocabulary = provider.output_features["targets"].vocabulary
+  if vocab.startswith("synthetic:"):
+    # synthetic rows all have exactly `length` tokens: move them in blocks ([k, length] arrays), not one by one
+    ds = ds.batch(tasks.CHUNK)
   return (ex["targets"] for ex in ds.as_numpy_iterator()), vocabulary, task
 
 
@@ -100,6 +103,17 @@ def pack_rows(docs: Iterator[np.ndarray], n_rows: int, seq_len: int, add_bos: bo
   j = np.arange(width)
   for doc in docs:
     doc = np.asarray(doc, np.int32)
+    if doc.ndim == 2:  # a block of fixed-length documents, each exactly one row (synthetic tasks)
+      if doc.shape[1] != body:
+        raise ValueError(f"fixed-length block of width {doc.shape[1]} does not fill rows of {body} tokens")
+      k = min(doc.shape[0], n_rows - made)
+      ones = np.ones(width, np.int32)
+      for r in range(k):
+        yield (np.concatenate([[bos_id], doc[r]]).astype(np.int32) if add_bos else doc[r]), ones, j.astype(np.int32)
+      made += k
+      if made == n_rows:
+        return
+      continue
     if doc.size == 0:
       continue
     if not pack:
