@@ -164,7 +164,7 @@ def make_step(graphdef, model_cfg: ModelConfig, tx, schedule: optax.Schedule, op
   def step(state, batch, probe):
     params, opt_state = state["params"], state["opt_state"]
     (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
