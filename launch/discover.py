@@ -1,0 +1,60 @@
+"""Discovery sweep over revisions: per-head table, ablations, summary.json and report.html.
+
+  python -m launch.discover --run W --out D            # our trainer's Orbax run directory
+  python -m launch.discover --hf_revisions FILE --out D  # list of converted / HF checkpoint directories
+
+FILE: JSON lines {"name", "path", "tokens"[, "step"]} or CSV `name,path,tokens[,step]` (tokens derivable
+from Pythia `step{N}` and OLMo `step{N}-tokens{X}B` names). A killed sweep resumes where it stopped.
+--probe / --natural: optional .npz files with tokens_NxT, query_pos_N, target_N, ab_N (the natural-text
+batch enables the ICL score and the natural-text ablations). Everything is importable:
+circuits.discovery.sweep(revs, out, ...).
+"""
+from __future__ import annotations
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("run", None, "our trainer's run directory (Orbax checkpoints under <run>/checkpoints)")
+flags.DEFINE_string("hf_revisions", None, "list file of converted / Hugging Face revision directories")
+flags.DEFINE_string("out", None, "output folder")
+flags.DEFINE_string("probe", None, "optional .npz synthetic/in-distribution probe (query at T-1)")
+flags.DEFINE_string("natural", None, "optional .npz natural-text induction batch")
+flags.DEFINE_integer("n", 2000, "default synthetic probe: examples")
+flags.DEFINE_integer("seq_len", 256, "default synthetic probe: tokens per example")
+flags.DEFINE_integer("chunk", 64, "examples per jitted call")
+flags.DEFINE_integer("n_detect", 8, "examples whose every query row feeds the TL detectors / Gu sink metric")
+flags.DEFINE_float("induction_threshold", 50.0, "induction circuit: sel_induction >= this")
+flags.DEFINE_integer("n_seeds", 20, "matched-random control seeds")
+flags.DEFINE_integer("ablation_examples", None, "first n probe examples used by the ablations (default all)")
+flags.DEFINE_bool("ablations", True, "run the causal checks at every revision")
+flags.DEFINE_bool("analyze", True, "write summary.json and report.html at the end")
+
+
+def _npz(path):
+  if not path:
+    return None
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from circuits.data.probes import ProbeBatch  # pylint: disable=import-outside-toplevel
+  z = np.load(path)
+  return ProbeBatch(*(np.asarray(z[k], np.int32) for k in ("tokens_NxT", "query_pos_N", "target_N", "ab_N")),
+                    name=str(path))
+
+
+def main(argv):
+  del argv
+  if bool(FLAGS.run) == bool(FLAGS.hf_revisions) or not FLAGS.out:
+    raise app.UsageError("give exactly one of --run W or --hf_revisions FILE, and --out D, e.g. "
+                         "python -m launch.discover --hf_revisions revs.jsonl --out runs/discovery")
+  from circuits.discovery import measure, revisions, sweep  # pylint: disable=import-outside-toplevel
+  revs = revisions.from_run(FLAGS.run) if FLAGS.run else revisions.from_list(FLAGS.hf_revisions)
+  cfg = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=FLAGS.chunk, n_detect=FLAGS.n_detect),
+                          ablations=FLAGS.ablations, induction_threshold=FLAGS.induction_threshold,
+                          n_seeds=FLAGS.n_seeds, ablation_examples=FLAGS.ablation_examples, analyze=FLAGS.analyze)
+  res = sweep.sweep(revs, FLAGS.out, probe=_npz(FLAGS.probe), natural=_npz(FLAGS.natural), cfg=cfg, n=FLAGS.n,
+                    seq_len=FLAGS.seq_len)
+  print(f"measured {len(res['done'])} revision(s), {len(revs) - len(res['done'])} already done; "
+        + ", ".join(f"{k}: {v}" for k, v in res["paths"].items()))
+
+
+if __name__ == "__main__":
+  app.run(main)
