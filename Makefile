@@ -18,7 +18,7 @@ $(VENV): requirements.txt
 
 corpora: $(VENV) data/corpora/.done
 
-data/corpora/.done: launch/get_corpora.py
+data/corpora/.done: launch/get_corpora.py circuits/data/corpora.py
 	$(PY) -m launch.get_corpora --out data/corpora
 
 test: setup
