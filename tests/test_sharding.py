@@ -1,0 +1,75 @@
+"""Sharding on 8 fake CPU devices (a subprocess: XLA_FLAGS must precede the jax import).
+
+5 steps per family on 1 device and on (data, fsdp, tensor) = (8,1,1), (2,4,1), (2,2,2): losses equal within
+1e-5, params within 1e-4. Then a reduced config's step is compiled from abstract inputs on an fsdp=8 mesh
+(launch/memory_1b.py does the 1B configs) and reports memory.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = r'''
+import os, json
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, numpy as np
+from configs.families import family_config
+from circuits.train import setup
+from circuits.train.data import SyntheticRepeatSource
+assert len(jax.devices()) == 8
+MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2)]
+out = {}
+for fam in ("pythia", "olmo", "olmoe"):
+  runs = []
+  for d, f, t in MESHES:
+    c = family_config(fam, "tiny")
+    c.data.seq_len = 16
+    c.train.steps = 5
+    c.probe.update(every=2, n=8)
+    c.mesh.update(data=d, fsdp=f, tensor=t)
+    s = setup(c)
+    src = SyntheticRepeatSource(c.model.vocab_size, 16, 8)
+    from circuits.train import step as step_lib
+    probe = jax.device_put(step_lib.probe_batch(s.config, s.model_cfg), s.probe_sharding)
+    state, losses, sel = s.init(), [], []
+    if (f, t) == (4, 1):
+      spec = state["params"]["embed"]["embedding"].sharding.spec
+      assert tuple(spec) == (None, "fsdp"), spec
+    for i in range(5):
+      state, m = s.step(state, jax.device_put(src.batch(i), s.batch_sharding), probe)
+      losses.append(float(m["loss"]))
+      if bool(m["probe_ran"]):
+        sel.append(np.asarray(m["probe"]["sel_induction"]).tolist())
+    runs.append(dict(losses=losses, sel=sel, params=[np.asarray(x).tolist() for x in jax.tree.leaves(state["params"])]))
+  ref = runs[0]
+  res = []
+  for mesh, r in zip(MESHES, runs):
+    dl = max(abs(a - b) for a, b in zip(ref["losses"], r["losses"]))
+    dp = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(ref["params"], r["params"]))
+    ds = float(np.max(np.abs(np.asarray(ref["sel"]) - np.asarray(r["sel"])) / np.maximum(np.abs(np.asarray(ref["sel"])), 1)))
+    res.append(dict(mesh=mesh, dloss=dl, dparam=dp, dsel=ds))
+  out[fam] = res
+from launch.memory_1b import compile_memory
+c = family_config("olmoe", "tiny")
+c.mesh.update(data=1, fsdp=8)
+c.probe.update(every=4, n=8)
+out["memory"] = compile_memory(c)
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_meshes_agree_and_abstract_compile():
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  p = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-4000:]
+  out = json.loads(p.stdout.split("RESULT ", 1)[1])
+  for fam in ("pythia", "olmo", "olmoe"):
+    for r in out[fam]:
+      assert r["dloss"] <= 1e-5 and r["dparam"] <= 1e-4, (fam, r)
+      assert r["dsel"] <= 1e-3, (fam, r)
+  mem = out["memory"]
+  assert mem["mesh"]["fsdp"] == 8 and mem["argument_gib"] > 0 and mem["temp_gib"] >= 0
