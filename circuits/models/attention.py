@@ -26,6 +26,7 @@ from circuits.models.config import ModelConfig
 class Probe:
   """What one attention call should capture or change (all optional; arrays are per layer)."""
   stats: bool = False
+  extremes: bool = False  # value-vector norms at the first token vs all tokens (per kv head)
   query_pos_B: jax.Array | None = None  # capture rows and z at these query positions
   head_scale_H: jax.Array | None = None  # multiply each head's z (0 = zero ablation)
   head_replace_HxK: jax.Array | None = None  # replace z of heads where replace_mask_H ...
@@ -161,6 +162,10 @@ class Attention(nnx.Module):
     sink = self.sink_logit[...] if cfg.attention == "sink_logit" else None
     z_BxTxHxK, aux = attend(q, k, v, mask_BxTxS, probe, kind=cfg.attention, sink_logit_H=sink,
                             gate_BxTxHxK=gate)
+    if probe.extremes:
+      v_norm_BxSxG = jnp.linalg.norm(v.astype(jnp.float32), axis=-1)
+      aux["v_norm_first_G"] = v_norm_BxSxG[:, 0].mean(0)
+      aux["v_norm_mean_G"] = v_norm_BxSxG.mean((0, 1))
     out_BxTxD = jnp.einsum("bthk,hkd->btd", z_BxTxHxK, self.o[...].astype(dt))
     if self.o_bias is not None:
       out_BxTxD = out_BxTxD + self.o_bias[...].astype(dt)

@@ -24,7 +24,7 @@ class ModelOutput:
   rows_BxLxHxS: jax.Array | None = None  # attention rows at query_pos_B
   z_BxLxHxK: jax.Array | None = None  # pre-output-projection vectors at query_pos_B
   moe: dict | None = None  # load_LxE, imbalance_L, router_entropy_L, lb_loss_L, z_loss_L, topk_idx_LxNxK
-  extremes: dict | None = None  # resid_absmax_L, resid_absmedian_L, v_norm_first_LxH, v_norm_mean_LxH
+  extremes: dict | None = None  # resid_absmax_L, resid_absmedian_L, v_norm_first_LxG, v_norm_mean_LxG
 
 
 def _stack(dicts: list[dict]) -> dict:
@@ -61,7 +61,7 @@ class LM(nnx.Module):
     attn_aux, moe_aux, ext = [], [], []
     for i, block in enumerate(self.blocks):
       probe = Probe(
-          stats=stats, query_pos_B=query_pos_B,
+          stats=stats, extremes=extremes, query_pos_B=query_pos_B,
           head_scale_H=None if head_scale_LxH is None else head_scale_LxH[i],
           head_replace_HxK=None if head_replace_LxHxK is None else head_replace_LxHxK[i],
           replace_mask_H=None if replace_mask_LxH is None else replace_mask_LxH[i])
@@ -71,7 +71,8 @@ class LM(nnx.Module):
         moe_aux.append(m_aux)
       if extremes:
         ax = jnp.abs(x_BxTxD.astype(jnp.float32))
-        ext.append({"resid_absmax_L": ax.max(), "resid_absmedian_L": jnp.median(ax)})
+        ext.append({"resid_absmax_L": ax.max(), "resid_absmedian_L": jnp.median(ax),
+                    "v_norm_first_LxG": a_aux["v_norm_first_G"], "v_norm_mean_LxG": a_aux["v_norm_mean_G"]})
     logits_BxTxV = self.final_norm(x_BxTxD) @ self.unembed[...].astype(x_BxTxD.dtype)
     out: dict[str, Any] = {"logits_BxTxV": logits_BxTxV.astype(jnp.float32)}
     if stats:
