@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("hf_dir", None, "Hugging Face checkpoint directory (config.json + weights)")
@@ -36,6 +36,7 @@ def main(argv):
   del argv
   if not FLAGS.hf_dir or not FLAGS.out:
     raise app.UsageError("--hf_dir and --out are required")
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
   from circuits.convert import ConversionError
 
   try:

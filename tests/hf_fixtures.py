@@ -125,7 +125,7 @@ def read_tensors(path) -> dict[str, np.ndarray]:
 
 
 def to_old_format(src, dst, *, old_config: bool = True, fused_experts: bool | None = None,
-                  shard: bool = False, bin: bool = False) -> Path:
+                  shard: bool = False, bin: bool = False, buffers: bool = False) -> Path:
   """Copy fixture dir `src` to `dst` rewritten into an older export format.
 
   old_config: published spellings (GPT-NeoX `rotary_pct` / `rotary_emb_base`, no `rope_parameters`;
@@ -134,6 +134,8 @@ def to_old_format(src, dst, *, old_config: bool = True, fused_experts: bool | No
     [E, D, F]; False -> per expert `mlp.experts.{e}.{gate,up,down}_proj.weight`; None -> as saved.
   shard: split the tensors over two files plus `model.safetensors.index.json`.
   bin: write one `pytorch_model.bin` (torch.save of the state dict) instead of safetensors.
+  buffers: add the non-parameter buffers old exports carry (GPT-NeoX `attention.bias` causal mask,
+    `attention.masked_bias`, `attention.rotary_emb.inv_freq`; OLMo/OLMoE `self_attn.rotary_emb.inv_freq`).
   """
   from safetensors.numpy import save_file
 
@@ -156,6 +158,8 @@ def to_old_format(src, dst, *, old_config: bool = True, fused_experts: bool | No
   tensors = read_tensors(src)
   if fused_experts is not None:
     tensors = _experts_layout(tensors, fused=fused_experts)
+  if buffers:
+    tensors = _add_buffers(tensors, cfg)
   if bin:
     import torch
 
@@ -202,4 +206,22 @@ def _experts_layout(tensors: dict, *, fused: bool) -> dict:
         out[f"{pre}.{e}.gate_proj.weight"] = gu[e, :f]
         out[f"{pre}.{e}.up_proj.weight"] = gu[e, f:]
         out[f"{pre}.{e}.down_proj.weight"] = down[e]
+  return out
+
+
+def _add_buffers(tensors: dict, cfg: dict) -> dict:
+  """The derived buffers an old export stores next to the parameters (a converter must skip them)."""
+  import re
+
+  out = dict(tensors)
+  layers = sorted({int(m.group(1)) for k in tensors for m in [re.search(r"layers\.(\d+)\.", k)] if m})
+  n = cfg.get("max_position_embeddings", 64)
+  for i in layers:
+    if cfg["model_type"] == "gpt_neox":
+      pre = f"gpt_neox.layers.{i}.attention"
+      out[f"{pre}.bias"] = np.tril(np.ones((n, n), bool))[None, None]
+      out[f"{pre}.masked_bias"] = np.array(-1e9, np.float32)
+      out[f"{pre}.rotary_emb.inv_freq"] = np.ones((4,), np.float32)
+    else:
+      out[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = np.ones((4,), np.float32)
   return out

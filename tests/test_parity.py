@@ -59,8 +59,8 @@ def _flat(tree, prefix=""):
 
 OLD_FORMATS = [
     ("neox_rot25", dict(old_config=True)),
-    ("neox_rot100_seq", dict(old_config=True, bin=True)),
-    ("olmo_gqa_noclip", dict(old_config=True, shard=True)),
+    ("neox_rot100_seq", dict(old_config=True, bin=True, buffers=True)),
+    ("olmo_gqa_noclip", dict(old_config=True, shard=True, buffers=True)),
     ("olmoe_gqa_top3", dict(old_config=True, fused_experts=True)),
     ("olmoe_mha_top2", dict(old_config=True, fused_experts=True, shard=True)),
     ("olmoe_mha_top2", dict(old_config=False, fused_experts=False, bin=True)),

@@ -26,7 +26,9 @@ SUPPORTED = tuple(tables.TABLES)
 def read_hf_config(path) -> dict:
   path = Path(path)
   if not path.is_dir():
-    raise ConversionError(f"{path}: not a checkpoint directory (expected a folder with config.json)")
+    found = "a file" if path.exists() else "nothing"
+    raise ConversionError(f"{path}: not a checkpoint directory (expected a folder with config.json and "
+                          f"weights; found {found})")
   f = path / "config.json"
   if not f.exists():
     raise ConversionError(f"{path}: not a checkpoint directory (no config.json; found "
@@ -213,11 +215,11 @@ def _tree_map(fn, tree):
 def load_hf(path, *, dtype="float32", **overrides) -> tuple[ModelConfig, dict, dict]:
   """(cfg, nested params of numpy arrays, info) from a HF checkpoint directory.
 
-  info: model_type, bytes_read, seconds, mb_per_s, files.
+  info: model_type, bytes_read, seconds (open + read + transform), mb_per_s, files.
   """
-  t0 = time.perf_counter()
   hf = read_hf_config(path)
   cfg = config_from_hf(hf, param_dtype=dtype, **overrides)
+  t0 = time.perf_counter()
   ckpt = Checkpoint(path)
   flat = convert_tensors(ckpt, hf["model_type"], cfg, dtype=dtype)
   dt = time.perf_counter() - t0
