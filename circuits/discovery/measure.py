@@ -23,6 +23,7 @@ Columns (beyond the table contract of circuits/discovery/table.py):
   icl_score, icl_pos_early, icl_pos_late     Olsson ICL score on the natural-text batch: loss at token
                                              late minus loss at token early (diagnostics.icl_positions)
   resid_absmax, resid_absmedian, massive_ratio   per layer, on the first chunk (residual after the block)
+  vnorm_first_ratio    per layer: max over kv heads of |v(first token)| / mean |v|, first chunk
   moe_imbalance, moe_router_entropy, moe_lb_loss, moe_z_loss, moe_load_max, moe_load_min,
   moe_topk_overlap_final                     per layer, MoE only, first chunk's tokens
 """
@@ -226,7 +227,9 @@ def aux_stats(graphdef, state, probe, chunk: int = 64) -> dict:
   tok = _as_probe(probe)["tokens_NxT"].astype(np.int32)[:chunk]
   ext, moe = jax.device_get(_aux_chunk(graphdef, state, tok))
   out = {"resid_absmax": ext["resid_absmax_L"], "resid_absmedian": ext["resid_absmedian_L"],
-         "massive_ratio": np.asarray(D.massive_activation_ratio(ext["resid_absmax_L"], ext["resid_absmedian_L"]))}
+         "massive_ratio": np.asarray(D.massive_activation_ratio(ext["resid_absmax_L"], ext["resid_absmedian_L"])),
+         # value-vector norm of the first (sink) token over the mean value norm, per layer (max over kv heads)
+         "vnorm_first_ratio": (ext["v_norm_first_LxG"] / np.maximum(ext["v_norm_mean_LxG"], 1e-30)).max(-1)}
   if moe is not None:
     out.update(moe_imbalance=moe["imbalance_L"], moe_router_entropy=moe["router_entropy_L"],
                moe_lb_loss=moe["lb_loss_L"], moe_z_loss=moe["z_loss_L"],
