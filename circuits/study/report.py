@@ -1,0 +1,279 @@
+"""The comparative report of a study: <workdir>/study/{summary.json, report.md, report.html, *.png}.
+
+Figures (PNG, one column per family):
+  first_mass.png    trainer JSONL: first_mass (attention on key 0) per layer over steps, max over the layer's
+                    heads; second row: max sel_first per layer over checkpoints (in-distribution probe)
+  induction.png     per checkpoint: max induction attention per layer (in-distribution probe); second row:
+                    max sel_induction per layer, in-distribution (solid) and synthetic probe (dashed)
+  span_loss.png     per checkpoint: loss on the second copy of the span (r_2..r_m) and on the first copy
+  ablations.png     top-1 at the query, in-distribution probe, per checkpoint: clean, circuit zero-ablated,
+                    matched-random heads (mean over seeds, 95% t-interval band), every head of those layers
+Reuses circuits.discovery.report's table/HTML helpers; each family's full discovery report (every table of
+the paper's analyses) is linked from the page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from circuits.discovery import report as R
+from circuits.study import analysis as SA
+
+
+def _fmt_marker(v) -> str:
+  if v is None:
+    return "not reached"
+  s = f"step {v['step']} ({v['tokens']:.3g} tokens)"
+  if v.get("layers"):
+    s += f", layers {v['layers']}"
+  return s
+
+
+def _steps_table(path: Path):
+  rows = SA.read_jsonl(path)
+  return sorted(rows, key=lambda r: r["step"])
+
+
+def fig_first_mass(study, p, out: Path) -> str:
+  plt = R._plt()  # pylint: disable=protected-access
+  fams = study.family_order
+  fig, axes = plt.subplots(2, len(fams), figsize=(4.2 * len(fams), 6.4), squeeze=False)
+  for i, f in enumerate(fams):
+    tj = [r for r in SA.read_jsonl(p.run(f) / "metrics.jsonl") if "attn/first_mass" in r]
+    ax = axes[0, i]
+    if tj:
+      s = np.array([r["step"] for r in tj])
+      fm = np.array([r["attn/first_mass"] for r in tj], float)  # [steps, L, H]
+      for l in range(fm.shape[1]):
+        ax.plot(s, fm[:, l].max(-1), label=f"layer {l}")
+    ax.axhline(float(study.markers.first_mass), color="k", ls=":", lw=1)
+    ax.set_title(f"{f}: first_mass, max over heads", fontsize=9)
+    ax.set_xlabel("step")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    ax = axes[1, i]
+    t = p.sweep(f, "combined") / "table.csv"
+    if t.exists():
+      df = pd.read_csv(t)
+      g = df.groupby(["step", "layer"])["sel_first"].max().unstack()
+      for l in g.columns:
+        ax.plot(g.index.to_numpy(), g[l].to_numpy(), "o-", ms=3, label=f"layer {l}")
+    ax.axhline(float(study.markers.sel_first), color="k", ls=":", lw=1, label=f"{study.markers.sel_first:g}")
+    ax.set_yscale("log", nonpositive="clip")
+    ax.set_title(f"{f}: max sel_first per layer (in-distribution probe)", fontsize=9)
+    ax.set_xlabel("step (checkpoint)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+  return R._save(fig, out, "first_mass.png")  # pylint: disable=protected-access
+
+
+def fig_induction(study, p, out: Path) -> str:
+  plt = R._plt()  # pylint: disable=protected-access
+  fams = study.family_order
+  fig, axes = plt.subplots(2, len(fams), figsize=(4.2 * len(fams), 6.4), squeeze=False)
+  for i, f in enumerate(fams):
+    rm = _steps_table(p.metrics(f))
+    ax = axes[0, i]
+    if rm:
+      s = np.array([r["step"] for r in rm])
+      ia = np.array([r["induction_attention"] for r in rm], float)
+      for l in range(ia.shape[1]):
+        ax.plot(s, ia[:, l].max(-1), "o-", ms=3, label=f"layer {l}")
+    ax.axhline(float(study.markers.induction_attention), color="k", ls=":", lw=1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{f}: induction attention A[q, ab+1], max over heads", fontsize=9)
+    ax.set_xlabel("step (checkpoint)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    ax = axes[1, i]
+    for probe, ls in (("combined", "-"), ("synthetic", "--")):
+      t = p.sweep(f, probe) / "table.csv"
+      if not t.exists():
+        continue
+      g = pd.read_csv(t).groupby(["step", "layer"])["sel_induction"].max().unstack()
+      for j, l in enumerate(g.columns):
+        ax.plot(g.index.to_numpy(), g[l].to_numpy(), ls, color=f"C{j}", label=f"L{l} {probe}")
+    ax.axhline(float(study.markers.sel_induction), color="k", ls=":", lw=1)
+    ax.set_yscale("log", nonpositive="clip")
+    ax.set_title(f"{f}: max sel_induction per layer", fontsize=9)
+    ax.set_xlabel("step (checkpoint)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=5, ncol=2)
+  return R._save(fig, out, "induction.png")  # pylint: disable=protected-access
+
+
+def fig_span_loss(study, p, out: Path) -> str:
+  plt = R._plt()  # pylint: disable=protected-access
+  fig, ax = plt.subplots(figsize=(6.4, 4))
+  for i, f in enumerate(study.family_order):
+    rm = _steps_table(p.metrics(f))
+    if not rm:
+      continue
+    s = np.array([r["step"] for r in rm])
+    ax.plot(s, [r["span_copy_loss"] for r in rm], "o-", ms=3, color=f"C{i}", label=f"{f}: second copy r_2..r_m")
+    ax.plot(s, [r["span_first_copy_loss"] for r in rm], ":", color=f"C{i}", label=f"{f}: first copy")
+  ax.axhline(float(study.markers.span_copy_loss), color="k", ls="--", lw=1,
+             label=f"marker: < {study.markers.span_copy_loss:g}")
+  ax.set_xlabel("step (checkpoint)")
+  ax.set_ylabel("cross-entropy (nats), held-out rows")
+  ax.set_title("loss on the span copy", fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=6)
+  return R._save(fig, out, "span_loss.png")  # pylint: disable=protected-access
+
+
+def fig_ablations(study, p, out: Path) -> str:
+  from circuits.discovery import analysis as A  # pylint: disable=import-outside-toplevel
+  plt = R._plt()  # pylint: disable=protected-access
+  fams = study.family_order
+  fig, axes = plt.subplots(1, len(fams), figsize=(4.2 * len(fams), 3.6), squeeze=False)
+  for i, f in enumerate(fams):
+    ax = axes[0, i]
+    path = p.sweep(f, "combined") / "ablations.csv"
+    if path.exists():
+      s = A.summarize_ablations(pd.read_csv(path, dtype={"revision": str}))
+      lo = [c for c in s.columns if c.startswith("top1_mean_ci") and c.endswith("_low")][0]
+      hi = lo[:-4] + "_high"
+      for cond, color in (("clean", "k"), ("circuit_zero", "C3"), ("random_zero", "C0"), ("layers_zero", "C2")):
+        g = s[s["condition"] == cond].sort_values("step")
+        if g.empty:
+          continue
+        ax.plot(g["step"], g["top1_mean"], "o-", ms=3, color=color, label=cond)
+        if cond == "random_zero":
+          ax.fill_between(g["step"], g[lo], g[hi], color=color, alpha=0.25, label="random 95% CI")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("step (checkpoint)")
+    ax.set_ylabel("top-1 at the query", fontsize=8)
+    ax.set_title(f"{f}: ablating the induction circuit", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+  return R._save(fig, out, "ablations.png")  # pylint: disable=protected-access
+
+
+def timings(p) -> dict:
+  out = {}
+  for f in sorted(p.stages.glob("*.json")):
+    try:
+      out[f.stem] = float(json.loads(f.read_text()).get("wall_s", float("nan")))
+    except (json.JSONDecodeError, ValueError):
+      continue
+  return out
+
+
+def findings(summary: dict) -> list[str]:
+  """Plain sentences: what formed, what did not, the order and the gaps."""
+  lines = []
+  for f, s in summary["families"].items():
+    mk = s["markers"]
+    formed = [n for n, v in mk.items() if v is not None]
+    missing = [n for n, v in mk.items() if v is None]
+    lines.append(f"{f}: reached {len(formed)} of {len(mk)} markers" +
+                 (f"; NOT reached: {', '.join(missing)}" if missing else "") + ".")
+    for name, g in s["gaps"].items():
+      if g["steps"] is not None:
+        lines.append(f"{f}: {name} = {g['steps']} steps ({g['tokens']:.3g} tokens): {g['order']}.")
+      else:
+        lines.append(f"{f}: {name}: {g['order']}.")
+    c = s.get("causal")
+    if c and "drop_circuit_zero" in c:
+      lines.append(f"{f}: at step {c['step']}, zero-ablating the induction circuit ({c['circuit_heads']}, "
+                   f"{c['circuit_source']}) drops top-1 on the in-distribution probe by {c['drop_circuit_zero']:.3f} "
+                   f"(clean {c['clean']['top1']:.3f}); matched-random heads drop it by "
+                   f"{c.get('drop_random_zero', float('nan')):.3f} (95% CI {np.round(c.get('drop_random_zero_ci95', [np.nan, np.nan]), 3).tolist()})"
+                   + ("" if c.get("circuit_drop_exceeds_random_ci") else " -- NOT above the random-control interval") + ".")
+  return lines
+
+
+def write(study, p) -> dict:
+  out = p.report
+  out.mkdir(parents=True, exist_ok=True)
+  summary = SA.summarize(study, p)
+  summary["timings_s"] = timings(p)
+  summary["findings"] = findings(summary)
+  figs = [fig_first_mass(study, p, out), fig_induction(study, p, out), fig_span_loss(study, p, out),
+          fig_ablations(study, p, out)]
+  tmp = out / "summary.json.tmp"
+  tmp.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+  os.replace(tmp, out / "summary.json")
+  fams = list(summary["families"])
+  defs = summary["marker_definitions"]
+  marker_rows = [{"marker": n, **{f: _fmt_marker(summary["families"][f]["markers"][n]) for f in fams}} for n in defs]
+  gap_rows = []
+  for n in summary["families"][fams[0]]["gaps"]:
+    row = {"gap (induction marker minus sink marker)": n}
+    for f in fams:
+      g = summary["families"][f]["gaps"][n]
+      row[f] = (f"{g['steps']} steps / {g['tokens']:.3g} tokens ({g['order']})" if g["steps"] is not None
+                else g["order"])
+    gap_rows.append(row)
+  final_keys = [k for k in summary["families"][fams[0]] if k.startswith("final_") or k.startswith("initial_")]
+  final_rows = [{"quantity": k, **{f: summary["families"][f].get(k) for f in fams}} for k in final_keys]
+  causal_rows = []
+  for f in fams:
+    c = summary["families"][f].get("causal") or {}
+    if "clean" in c:
+      causal_rows.append({"family": f, "step": c["step"], "circuit_heads": c["circuit_heads"],
+                          "circuit_source": c["circuit_source"], "top1 clean": c["clean"]["top1"],
+                          "top1 circuit_zero": c.get("circuit_zero", {}).get("top1"),
+                          "top1 circuit_mean": c.get("circuit_mean", {}).get("top1"),
+                          "top1 random_zero (mean)": c.get("random_zero", {}).get("top1"),
+                          "random_zero 95% CI": str(np.round(c.get("random_zero", {}).get("ci95", [np.nan] * 2), 4).tolist()),
+                          "top1 layers_zero": c.get("layers_zero", {}).get("top1"),
+                          "drop circuit_zero": c.get("drop_circuit_zero"), "drop random_zero": c.get("drop_random_zero")})
+  recipe_rows = [{"family": f, **study.families[f].to_dict()} for f in fams]
+  tm = summary["timings_s"]
+  # ---- markdown
+  md = [f"# Study `{study.name}`: when do induction heads and first-token sinks form?", "",
+        "Task: BOS + Bigram-Backcopy chain with an inserted repeated span (PILOTS.md \"both circuits in one "
+        f"model\"), T = {study.data.seq_len}, batch {study.train.batch_size} "
+        f"({summary['tokens_per_step']} tokens per step).", "", "## Findings", ""]
+  md += [f"- {x}" for x in summary["findings"]]
+  md += ["", "## Transition markers (first checkpoint or logged step where the condition holds)", "",
+         _md_table(marker_rows), "", "## Gaps", "", _md_table(gap_rows), "", "## Causal check (final checkpoint)", "",
+         _md_table(causal_rows), "", "## Final values", "", _md_table(final_rows), "", "## Marker definitions", ""]
+  md += [f"- `{n}`: {d}" for n, d in defs.items()]
+  md += ["", "## Recipes", "", _md_table(recipe_rows), "", "## Figures", ""]
+  md += [f"![{x}]({x})" for x in figs]
+  md += ["", "## Job wall times (s)", "", _md_table([{"job": k, "wall_s": round(v, 1)} for k, v in tm.items()]), ""]
+  (out / "report.md").write_text("\n".join(md) + "\n")
+  # ---- html
+  body = [f"<h1>Study {html.escape(study.name)}: when do induction heads and first-token sinks form?</h1>",
+          "<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in summary["findings"]) + "</ul>",
+          "<h2>Transition markers</h2>" + R._table(marker_rows),  # pylint: disable=protected-access
+          "<h2>Gaps (induction marker minus sink marker)</h2>" + R._table(gap_rows),  # pylint: disable=protected-access
+          "<h2>Causal check at the final checkpoint</h2>" + R._table(causal_rows),  # pylint: disable=protected-access
+          "<h2>Final values</h2>" + R._table(final_rows),  # pylint: disable=protected-access
+          "<h2>Marker definitions</h2>" + R._kv(defs)]  # pylint: disable=protected-access
+  for x in figs:
+    body.append(f"<h2>{html.escape(x)}</h2><img src='{x}'>")
+  body.append("<h2>Recipes</h2>" + R._table(recipe_rows))  # pylint: disable=protected-access
+  links = []
+  for f in fams:
+    for probe in study.sweep.probes:
+      r = p.sweep(f, probe) / "report.html"
+      if r.exists():
+        links.append(f"<li><a href='{html.escape(os.path.relpath(r, out))}'>{f}: discovery report, {probe} probe</a></li>")
+  body.append("<h2>Per-family discovery reports (every analysis of the paper)</h2><ul>" + "".join(links) + "</ul>")
+  body.append("<h2>Job wall times (s)</h2>" + R._kv({k: round(v, 1) for k, v in tm.items()}))  # pylint: disable=protected-access
+  page = (f"<!doctype html><html><head><meta charset='utf-8'><title>study {html.escape(study.name)}</title>"
+          f"<style>{R._CSS}</style></head><body>{''.join(body)}</body></html>\n")  # pylint: disable=protected-access
+  tmp = out / "report.html.tmp"
+  tmp.write_text(page, encoding="utf-8")
+  os.replace(tmp, out / "report.html")
+  return {"report": str(out / "report.html"), "figures": figs}
+
+
+def _md_table(rows) -> str:
+  if not rows:
+    return "_(none)_"
+  cols = list(rows[0])
+  fmt = lambda v: (f"{v:.4g}" if isinstance(v, float) else str(v)).replace("|", "/")
+  return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] +
+                   ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows])
