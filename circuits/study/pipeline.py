@@ -77,7 +77,7 @@ def resolve(cfg) -> ml_collections.ConfigDict:
     raise StudyError("family_order: names no family of `families`")
   cfg.family_order = tuple(order)
   need = 3 + int(cfg.data.synthetic.n_bb) + int(cfg.data.synthetic.n_span)
-  if int(cfg.data.vocab_size) < need:
+  if str(cfg.data.task).endswith("combined") and int(cfg.data.vocab_size) < need:
     raise StudyError(f"data.vocab_size={cfg.data.vocab_size}: the combined task needs >= {need} ids "
                      f"(3 specials + n_bb + n_span)")
   for f in order:
@@ -166,7 +166,8 @@ def run_config(study, family: str, workdir: Optional[str] = None) -> ml_collecti
   if family not in study.families:
     raise StudyError(f"{family!r} is not a family of this study (families: {sorted(study.families)})")
   f = study.families[family]
-  c = family_config(family, "small")
+  size = str(f.get("size", "small"))
+  c = family_config(family, size)
   fields = dict(c.model.to_dict(), vocab_size=int(study.data.vocab_size), d_model=int(f.d_model),
                 n_layers=int(f.n_layers), n_heads=int(f.n_heads), d_ff=int(f.d_ff), qk_init_std=float(f.qk_init_std),
                 init_std=float(f.init_std))
@@ -177,27 +178,35 @@ def run_config(study, family: str, workdir: Optional[str] = None) -> ml_collecti
   root = Path(workdir or study.get("workdir", f"runs/{study.name}"))
   d = study.data
   c.data.cache = str(root / "cache")
-  c.data.task, c.data.vocab, c.data.seq_len = str(d.task), str(d.vocab), int(d.seq_len)
+  c.data.task, c.data.vocab = str(d.task), str(d.vocab)
+  c.data.seq_len = int(f.get("seq_len", 0) or d.seq_len)
   c.data.add_bos, c.data.pack = bool(d.add_bos), bool(d.pack)
   c.data.n_sequences = cache_rows(study)
   for k, v in d.synthetic.items():
     c.data.synthetic[k] = v
   tr = study.train
   c.train.update(dict(steps=int(f.steps), lr=float(f.lr), warmup_steps=int(f.warmup_steps),
-                      min_lr_ratio=float(f.min_lr_ratio), batch_size=int(tr.batch_size), b1=float(tr.b1),
-                      b2=float(tr.b2), weight_decay=float(tr.weight_decay), grad_clip=float(tr.grad_clip),
+                      min_lr_ratio=float(f.min_lr_ratio), batch_size=int(f.get("batch_size", 0) or tr.batch_size),
+                      b1=float(tr.b1), b2=float(tr.b2),
+                      weight_decay=float(tr.weight_decay if f.get("weight_decay") is None else f.weight_decay),
+                      grad_clip=float(tr.grad_clip),
                       log_every=int(tr.log_every), progress=True))
   ck = study.checkpoint
   c.checkpoint.update(dict(log_spaced=True, log_until=int(ck.log_until), every=int(ck.every),
                            resume_every=int(ck.resume_every), keep_resume=2))
-  lo, hi = span_ids(study)
+  lo, hi = span_ids(study) if str(d.task).endswith("combined") else (0, 0)  # (0, 0): the trainer's default
   c.probe.update(dict(every=int(tr.probe_every), n=int(tr.probe_n), token_lo=lo, token_hi=hi))
+  if "mesh" in study:
+    c.mesh.update(study.mesh.to_dict())
   return c
 
 
 def cache_rows(study) -> int:
   """Rows of the shared cache: the longest family's steps x the global batch."""
-  return max(int(study.families[f].steps) for f in study.family_order) * int(study.train.batch_size)
+  if int(study.data.get("n_sequences", 0) or 0):
+    return int(study.data.n_sequences)
+  return max(int(study.families[f].steps) * int(study.families[f].get("batch_size", 0) or study.train.batch_size)
+             for f in study.family_order)
 
 
 # --------------------------------------------------------------------------------------------- jobs

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Train one family of the 1B study on a SLURM GPU cluster: one task per node, all GPUs of a node per task.
+#
+#   launch/slurm_gpu.sh --family pythia --workdir /shared/runs/1b/pythia --nodes 4 --gpus-per-node 8 \
+#       [--config configs/study_1b.py] [--partition gpu] [--time 48:00:00] [--dry-run] [-- extra launch.train flags]
+#
+# Writes an sbatch script (<workdir>/slurm/train.sbatch) whose `srun` runs
+# `python -m launch.train --config <config>:<family> --workdir <workdir> --distributed` on every node;
+# jax.distributed.initialize() reads the SLURM environment. --dry-run prints the script and the sbatch
+# command instead of writing and submitting. Run from the repository root (with .venv installed).
+set -euo pipefail
+
+FAMILY="" WORKDIR="" NODES=1 GPUS=8 CONFIG="configs/study_1b.py" PARTITION="" TIME="48:00:00" DRY=0 EXTRA=()
+usage() { sed -n '2,11p' "$0"; exit "${1:-2}"; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --family) FAMILY="$2"; shift 2;;
+    --workdir) WORKDIR="$2"; shift 2;;
+    --nodes) NODES="$2"; shift 2;;
+    --gpus-per-node) GPUS="$2"; shift 2;;
+    --config) CONFIG="$2"; shift 2;;
+    --partition) PARTITION="$2"; shift 2;;
+    --time) TIME="$2"; shift 2;;
+    --dry-run) DRY=1; shift;;
+    -h|--help) usage 0;;
+    --) shift; EXTRA=("$@"); break;;
+    *) echo "slurm_gpu.sh: unknown argument $1" >&2; usage;;
+  esac
+done
+[[ -n "$FAMILY" && -n "$WORKDIR" ]] || { echo "slurm_gpu.sh: --family and --workdir are required" >&2; usage; }
+case "$FAMILY" in pythia|olmo|olmoe) ;; *) echo "slurm_gpu.sh: --family must be pythia, olmo or olmoe" >&2; exit 2;; esac
+
+TRAIN=".venv/bin/python -m launch.train --config $CONFIG:$FAMILY --workdir $WORKDIR --distributed"
+for e in "${EXTRA[@]+"${EXTRA[@]}"}"; do TRAIN+=" $(printf '%q' "$e")"; done
+SCRIPT="#!/usr/bin/env bash
+#SBATCH --job-name=circuits-$FAMILY
+#SBATCH --nodes=$NODES
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=$GPUS
+#SBATCH --time=$TIME
+#SBATCH --output=$WORKDIR/slurm/%j.out
+${PARTITION:+#SBATCH --partition=$PARTITION
+}set -euo pipefail
+cd $(printf '%q' "$PWD")
+srun $TRAIN"
+SB="$WORKDIR/slurm/train.sbatch"
+if [[ $DRY == 1 ]]; then
+  echo "# $SB"
+  echo "$SCRIPT"
+  echo "# submit:"
+  printf '%q ' sbatch "$SB"; echo
+else
+  mkdir -p "$WORKDIR/slurm"
+  printf '%s\n' "$SCRIPT" > "$SB"
+  sbatch "$SB"
+fi

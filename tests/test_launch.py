@@ -1,0 +1,83 @@
+"""launch/tpu_pod.sh and launch/slurm_gpu.sh: --dry-run prints the exact commands; bad arguments fail
+clearly; the configs they name (configs/study_1b.py:<family>, configs/study_laptop.py:<family>) load and
+validate as trainer configs."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sh(script, *args):
+  return subprocess.run(["bash", str(ROOT / "launch" / script), *args], capture_output=True, text=True, cwd=ROOT,
+                        timeout=30)
+
+
+def test_tpu_pod_dry_run_prints_every_command():
+  r = _sh("tpu_pod.sh", "--dry-run", "--name", "pod1", "--zone", "us-central2-b", "--accelerator", "v4-32",
+          "--family", "olmo", "--workdir", "gs://bucket/olmo", "--", "--config.train.steps=10")
+  assert r.returncode == 0, r.stderr
+  lines = [shlex.split(l) for l in r.stdout.strip().splitlines()]
+  assert len(lines) == 3
+  create, install, train = lines
+  assert create[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"] and "pod1" in create
+  assert create[create.index("--accelerator-type") + 1] == "v4-32"
+  for cmd in (install, train):
+    assert cmd[4] == "ssh" and "--worker=all" in cmd
+  assert "pip install" in install[install.index("--command") + 1]
+  remote = train[train.index("--command") + 1]
+  assert ("-m launch.train --config configs/study_1b.py:olmo --workdir gs://bucket/olmo --distributed "
+          "--config.train.steps=10") in remote
+
+
+def test_slurm_dry_run_prints_script_and_submit():
+  r = _sh("slurm_gpu.sh", "--dry-run", "--family", "olmoe", "--workdir", "/shared/runs/olmoe", "--nodes", "4",
+          "--gpus-per-node", "8", "--partition", "gpu")
+  assert r.returncode == 0, r.stderr
+  out = r.stdout
+  for want in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
+               "#SBATCH --partition=gpu",
+               "srun .venv/bin/python -m launch.train --config configs/study_1b.py:olmoe --workdir "
+               "/shared/runs/olmoe --distributed", "sbatch /shared/runs/olmoe/slurm/train.sbatch"):
+    assert want in out, (want, out)
+  assert not Path("/shared/runs/olmoe").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("script,args", [("tpu_pod.sh", ["--dry-run", "--name", "x"]),
+                                         ("slurm_gpu.sh", ["--dry-run", "--family", "gpt2", "--workdir", "w"]),
+                                         ("tpu_pod.sh", ["--bogus"])])
+def test_bad_arguments_fail_clearly(script, args):
+  r = _sh(script, *args)
+  assert r.returncode != 0
+  assert script in r.stderr
+
+
+@pytest.mark.parametrize("cfg", ["study_1b", "study_laptop"])
+@pytest.mark.parametrize("family", ["pythia", "olmo", "olmoe"])
+def test_study_family_configs_validate(cfg, family):
+  import importlib
+
+  from circuits.train import config as C
+  from configs.families import PUBLISHED
+  c = importlib.import_module(f"configs.{cfg}").get_config(family)
+  full, model = C.validate(c)
+  assert model.family == family
+  if cfg == "study_1b":  # the published architecture and hyperparameters
+    for k, v in PUBLISHED[family].items():
+      assert getattr(model, k) == v, k
+    assert full.train.batch_size == 1024 and full.data.seq_len == (4096 if family == "olmoe" else 2048)
+  else:
+    assert model.d_model == 64 and full.data.seq_len == 64 and full.probe.token_lo == 67
+
+
+def test_train_cli_has_distributed_flags():
+  import sys
+  r = subprocess.run([sys.executable, "-m", "launch.train",
+                      "--helpshort"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+  for f in ("--distributed", "--coordinator_address", "--num_processes", "--process_id"):
+    assert f in r.stdout + r.stderr
