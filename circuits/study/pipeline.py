@@ -617,3 +617,20 @@ def _tail(path: Path, n: int = 30) -> str:
 
 def _repo_root() -> str:
   return str(Path(__file__).resolve().parents[2])
+
+
+class CombinedSource:
+  """In-memory batches of the combined task (no cache, no seqio): BOS + combined(T) rows, batch `step` seeded
+  by (seed, step). For notebooks and tests; the study itself trains from the token cache."""
+
+  def __init__(self, study, batch_size: Optional[int] = None, seq_len: Optional[int] = None, seed: int = 0):
+    self.spec = combined_spec(study)
+    self.b = int(batch_size or study.train.batch_size)
+    self.t = int(seq_len or study.data.seq_len)
+    self.seed = int(seed)
+
+  def batch(self, step: int) -> dict:
+    from circuits.data import synthetic  # pylint: disable=import-outside-toplevel
+    body = synthetic.combined(np.random.default_rng([self.seed, int(step)]), self.b, self.t, self.spec)
+    rows = np.concatenate([np.full((self.b, 1), synthetic.BOS_ID, np.int32), body], axis=1)
+    return dict(tokens_BxT=rows[:, :-1], targets_BxT=rows[:, 1:], loss_mask_BxT=np.ones((self.b, self.t), np.float32))

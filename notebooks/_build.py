@@ -1,0 +1,198 @@
+"""Writes the three notebooks from the cell sources below (`python notebooks/_build.py`).
+
+Every notebook reads its settings from environment variables in its first code cells, so the test suite
+(tests/test_notebooks.py) runs each one on tiny settings.
+"""
+import nbformat as nbf
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+SETUP = '''# Colab: clone and install the repository (skipped anywhere else)
+import os, subprocess, sys
+IN_COLAB = "google.colab" in sys.modules
+REPO_URL = os.environ.get("CIRCUITS_REPO", "https://github.com/OWNER/circuits.git")
+if IN_COLAB:
+  if not os.path.isdir("/content/circuits"):
+    subprocess.check_call(["git", "clone", "--depth", "1", REPO_URL, "/content/circuits"])
+  subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/circuits/requirements.txt"])
+  os.chdir("/content/circuits")
+ROOT = os.environ.get("CIRCUITS_ROOT") or ("/content/circuits" if IN_COLAB else os.path.abspath(".."))
+if not os.path.isdir(os.path.join(ROOT, "circuits")):
+  ROOT = os.path.abspath(".")
+sys.path.insert(0, ROOT)
+print("repository:", ROOT)'''
+
+
+def nb(cells):
+  n = nbf.v4.new_notebook()
+  n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+  n.cells = [nbf.v4.new_markdown_cell(c[3:]) if c.startswith("md:") else nbf.v4.new_code_cell(c) for c in cells]
+  return n
+
+
+QUICKSTART = [
+    "md:# circuits quickstart\nTrain a tiny model on the combined task (BOS + Bigram-Backcopy chain with a repeated span, "
+    "PILOTS.md) and plot the trainer's per-step diagnostics: loss, first-token (BOS) mass per layer, and the in-loop "
+    "induction probe.",
+    SETUP,
+    '''# Parameters (environment variables override them; the test runs tiny settings)
+import tempfile
+FAMILY = os.environ.get("NB_FAMILY", "pythia")          # pythia | olmo | olmoe
+STEPS = int(os.environ.get("NB_STEPS", "1500"))           # PILOTS.md: sinks ~500, induction ~1000 steps
+WORKDIR = os.environ.get("NB_WORKDIR") or tempfile.mkdtemp(prefix="circuits_quickstart_")''',
+    '''from configs import study_laptop
+from circuits.study.pipeline import CombinedSource
+from circuits.train import train
+study = study_laptop.get_config()
+cfg = study_laptop.get_config(FAMILY)                     # the study's trainer config for this family
+cfg.data.cache = ""                                      # in-memory batches instead of the token cache
+cfg.train.steps = STEPS
+cfg.train.warmup_steps = min(50, STEPS // 4)
+cfg.probe.every = max(1, STEPS // 20)
+cfg.checkpoint.enabled = False
+summary = train(cfg, WORKDIR, source=CombinedSource(study, seed=0))
+print({k: summary[k] for k in ("steps_done", "final_loss", "tokens_per_s")})''',
+    '''import json
+import matplotlib.pyplot as plt
+import numpy as np
+rows = [json.loads(l) for l in open(os.path.join(WORKDIR, "metrics.jsonl"))]
+steps = np.array([r["step"] for r in rows])
+fm = np.array([r["attn/first_mass"] for r in rows])      # [logged steps, L, H]
+probe = [r for r in rows if r.get("probe/sel_induction") is not None]
+fig, ax = plt.subplots(1, 3, figsize=(13, 3.4))
+ax[0].plot(steps, [r["loss"] for r in rows]); ax[0].set_title("loss (next-token CE)")
+for l in range(fm.shape[1]):
+  ax[1].plot(steps, fm[:, l].max(-1), label=f"layer {l}")
+ax[1].set_title("first_mass: attention on BOS, max over heads"); ax[1].legend(fontsize=7)
+if probe:
+  si = np.array([r["probe/sel_induction"] for r in probe], float)
+  for l in range(si.shape[1]):
+    ax[2].plot([r["step"] for r in probe], si[:, l].max(-1), "o-", label=f"layer {l}")
+  ax[2].set_yscale("log"); ax[2].legend(fontsize=7)
+ax[2].set_title("in-loop probe: max sel_induction")
+for a in ax: a.set_xlabel("step"); a.grid(alpha=.3)
+plt.tight_layout(); plt.show()''',
+]
+
+RUN_ANALYSIS = [
+    "md:# Analyse a run directory\nTables, figures and attention rows of chosen heads for one family of a study "
+    "(`python -m launch.study ... --workdir W`, then `RUN_DIR=W`). Without `RUN_DIR` the notebook trains and sweeps a "
+    "tiny run first.",
+    SETUP,
+    '''# Parameters
+import tempfile
+RUN_DIR = os.environ.get("NB_RUN_DIR", "")               # a study workdir (runs/laptop)
+FAMILY = os.environ.get("NB_FAMILY", "pythia")
+HEADS = os.environ.get("NB_HEADS", "")                   # e.g. "1:2,0:3" (layer:head); default: best heads
+TINY_STEPS = int(os.environ.get("NB_STEPS", "40"))''',
+    '''from configs import study_laptop
+from circuits.study import pipeline
+study = study_laptop.get_config()
+if not RUN_DIR:  # a tiny stand-in run: train, then run the study's sweep and metrics jobs on it
+  RUN_DIR = tempfile.mkdtemp(prefix="circuits_run_")
+  from circuits.train import train
+  study.families[FAMILY].steps = TINY_STEPS
+  study.families[FAMILY].n_layers = 2
+  study.checkpoint.log_until, study.checkpoint.every = 8, 20
+  study.sweep.n, study.sweep.ablation_examples, study.sweep.n_seeds, study.sweep.n_heldout = 32, 32, 3, 32
+  study.sweep.probes = ("combined",)
+  p = pipeline.study_paths(RUN_DIR)
+  cfg = pipeline.run_config(study, FAMILY, RUN_DIR)
+  cfg.data.cache = ""; cfg.train.warmup_steps = 2; cfg.train.progress = False; cfg.probe.every = 10
+  train(cfg, str(p.run(FAMILY)), source=pipeline.CombinedSource(study))
+  # the study's data job builds a seqio cache; here the probes are written directly
+  from circuits.data import probes, synthetic
+  p.probes.mkdir(parents=True, exist_ok=True)
+  comb = probes.combined_induction_batch(n=32, seq_len=64, spec=pipeline.combined_spec(study))
+  np_ = __import__("numpy")
+  np_.savez(p.probes / "combined.npz", **comb.as_dict())
+  body, sp, sm, _ = synthetic.combined(np_.random.default_rng(1), 32, 64, pipeline.combined_spec(study), return_meta=True)
+  np_.savez(p.probes / "heldout.npz", rows_NxT1=np_.concatenate([np_.full((32, 1), 2), body], 1).astype("int32"),
+            p_N=sp.astype("int32"), m_N=sm.astype("int32"), offset=np_.int32(1))
+  pipeline.job_sweep(study, p, FAMILY, progress=False)
+  pipeline.job_metrics(study, p, FAMILY, progress=False)
+p = pipeline.study_paths(RUN_DIR)
+print("run:", p.run(FAMILY))''',
+    '''import pandas as pd
+from circuits.discovery import table as T, analysis as A
+table = T.load_table(p.sweep(FAMILY, "combined"))
+print(len(table), "rows:", table["revision"].nunique(), "revisions x", len(table) // table["revision"].nunique(), "heads")
+summary = A.summarize(table)["models"]["table"]
+display(pd.DataFrame(summary["trajectory"]).iloc[:, :8])
+print("milestones:", summary["milestones"])
+last = table[table["step"] == table["step"].max()]
+display(last.sort_values("sel_induction", ascending=False)[["layer", "head", "sel_induction", "sel_first", "pr"]].head(8))''',
+    '''from IPython.display import Image, display
+from circuits.discovery import report
+out = p.sweep(FAMILY, "combined") / "nb_report"
+report.write_report(table, out)
+for png in sorted(out.glob("*.png"))[:3]:
+  display(Image(filename=str(png)))''',
+    '''# Attention rows of chosen heads at the query (the second copy's token), final checkpoint, in-distribution probe
+import numpy as np, matplotlib.pyplot as plt
+from circuits.discovery import revisions
+from circuits.data.probes import ProbeBatch
+rev = sorted(revisions.from_run(str(p.run(FAMILY))), key=lambda r: r.step)[-1]
+cfg_m, model = rev.load()
+z = np.load(p.probes / "combined.npz")
+tok, q, ab = z["tokens_NxT"][:4], z["query_pos_N"][:4], z["ab_N"][:4]
+rows = np.asarray(model(tok, query_pos_B=q).rows_BxLxHxS)        # [N, L, H, S]
+if HEADS:
+  heads = [tuple(int(x) for x in h.split(":")) for h in HEADS.split(",")]
+else:
+  best = last.sort_values("sel_induction", ascending=False).iloc[:2]
+  heads = [(int(r.layer), int(r.head)) for r in best.itertuples()]
+fig, axes = plt.subplots(len(heads), 1, figsize=(10, 2.2 * len(heads)), squeeze=False)
+for ax, (l, h) in zip(axes[:, 0], heads):
+  for n in range(len(tok)):
+    ax.plot(rows[n, l, h], label=f"example {n} (ab+1 = {ab[n] + 1})")
+    ax.axvline(ab[n] + 1, color=f"C{n}", ls=":")
+  ax.set_title(f"{rev.name}: layer {l} head {h}, attention row at the query"); ax.legend(fontsize=6)
+plt.tight_layout(); plt.show()''',
+]
+
+PUBLIC = [
+    "md:# Public revisions (Pythia / OLMo / OLMoE)\nConvert a downloaded list of Hugging Face revisions and sweep "
+    "them. `REVISIONS` is a JSON-lines or CSV list (`name,path,tokens[,step]`; tokens derivable from Pythia "
+    "`step{N}` / OLMo `step{N}-tokens{X}B` names) of local checkpoint directories, e.g. fetched with "
+    "`huggingface-cli download EleutherAI/pythia-1b --revision step1000 --local-dir pythia-1b/step1000`. Without "
+    "`REVISIONS` the notebook builds random tiny fixture models locally (tests/hf_fixtures.py) -- never a hub.",
+    SETUP,
+    '''# Parameters
+import tempfile
+REVISIONS = os.environ.get("NB_REVISIONS", "")
+OUT = os.environ.get("NB_OUT") or tempfile.mkdtemp(prefix="circuits_public_")
+N = int(os.environ.get("NB_N", "2000")); SEQ_LEN = int(os.environ.get("NB_SEQ_LEN", "256"))
+N_SEEDS = int(os.environ.get("NB_SEEDS", "20"))''',
+    '''import json
+from pathlib import Path
+if not REVISIONS:  # tiny stand-in: three random "revisions" of a tiny GPT-NeoX, saved locally
+  from tests.hf_fixtures import make_hf_dir
+  d = Path(OUT) / "hf"
+  lines = []
+  for i, step in enumerate((1, 512, 143000)):
+    make_hf_dir(d / f"step{step}", "neox_rot25", seed=i)
+    lines.append(json.dumps({"name": f"step{step}", "path": f"step{step}"}))   # tokens from the Pythia name
+  (d / "revisions.jsonl").write_text("\\n".join(lines) + "\\n")
+  REVISIONS = str(d / "revisions.jsonl")
+  N, SEQ_LEN, N_SEEDS = 32, 32, 3
+print(open(REVISIONS).read())''',
+    '''from circuits.discovery import measure, revisions, sweep
+revs = revisions.from_list(REVISIONS)      # config.json directories are converted on the fly (circuits.convert)
+cfg = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=32, n_detect=2, detect_chunk=SEQ_LEN), n_seeds=N_SEEDS)
+res = sweep.sweep(revs, Path(OUT) / "sweep", cfg=cfg, n=N, seq_len=SEQ_LEN, progress=False)
+print(res["paths"])''',
+    '''import pandas as pd
+from IPython.display import Image, display
+s = res["summary"]["models"]["table"]
+display(pd.DataFrame(s["trajectory"]).iloc[:, :8])
+print("milestones:", s["milestones"])
+display(pd.DataFrame(res["summary"]["ablations"])[["revision", "condition", "n_seeds", "top1_mean"]].head(12))
+display(Image(filename=str(Path(OUT) / "sweep" / "bos_fraction.png")))''',
+]
+
+if __name__ == "__main__":
+  for name, cells in (("quickstart", QUICKSTART), ("run_analysis", RUN_ANALYSIS), ("public_revisions", PUBLIC)):
+    nbf.write(nb(cells), HERE / f"{name}.ipynb")
+    print("wrote", HERE / f"{name}.ipynb")
