@@ -1,0 +1,45 @@
+"""Benchmark the trainer, discovery, conversion and checkpoints on this machine; print a table, write JSON.
+
+  python -m launch.bench [--out out/bench] [--quick] [--families pythia,olmo,olmoe] [--sizes 10M,50M]
+
+Writes <out>/bench.json (every figure, settings, devices, load average) and <out>/bench.md (the tables of
+docs/benchmarks.md). Device-agnostic: uses jax's default backend and reports jax.devices(). The logic
+lives in circuits/bench.py (definitions of every figure there).
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", "out/bench", "output folder (bench.json, bench.md)")
+flags.DEFINE_bool("quick", False, "smoke test: tiny model, 1 warm-up + 2 timed calls, small probes")
+flags.DEFINE_list("families", None, "families of the trainer benchmark (default: pythia, olmo, olmoe)")
+flags.DEFINE_list("sizes", None, "trainer sizes (circuits.bench.SIZES; default 10M, 50M; --quick: tiny)")
+flags.DEFINE_integer("repeats", None, "timed calls per figure (median reported)")
+flags.DEFINE_integer("warmup", None, "untimed calls before timing")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  from circuits import bench  # pylint: disable=import-outside-toplevel
+
+  st = bench.Settings.quick_settings() if FLAGS.quick else bench.Settings()
+  if FLAGS.families:
+    st.families = tuple(FLAGS.families)
+  if FLAGS.sizes:
+    st.sizes = tuple(FLAGS.sizes)
+  if FLAGS.repeats:
+    st.repeats = FLAGS.repeats
+  if FLAGS.warmup is not None:
+    st.warmup = FLAGS.warmup
+  res = bench.run(st, command=" ".join(["python -m launch.bench", *sys.argv[1:]]))
+  j, md = bench.write(res, FLAGS.out)
+  print(md.read_text())
+  print(f"wrote {j} and {md}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,79 @@
+"""`python -m launch.bench --quick` end to end (a subprocess, the tiniest settings): bench.json holds every
+section and field, and every ratio is finite and positive. No timing thresholds (the machine is shared)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TRAIN_FIELDS = {"family", "size", "params_total", "params_active_N", "batch", "seq_len", "warmup", "repeats",
+                "tokens_per_step", "flops_per_token", "step_s", "step_s_diag_off", "step_s_probe_ran",
+                "step_s_probe_skipped", "step_s_reference", "tokens_per_s", "tokens_per_s_diag_off",
+                "tokens_per_s_reference", "probe_every_K", "probe_extra_s", "probe_amortised_frac", "compile_s",
+                "ratios"}
+TRAIN_RATIOS = {"mfu", "mfu_diag_off", "mfu_reference", "diagnostics_on_over_off", "probe_skipped_over_plain",
+                "ours_over_reference", "ours_diag_off_over_reference"}
+
+
+def _ratios(tree, prefix=""):
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      if k == "ratios":
+        yield from ((f"{prefix}{rk}", rv) for rk, rv in v.items())
+      else:
+        yield from _ratios(v, f"{prefix}{k}.")
+  elif isinstance(tree, list):
+    for i, v in enumerate(tree):
+      yield from _ratios(v, f"{prefix}{i}.")
+
+
+def test_bench_quick(tmp_path):
+  out = tmp_path / "bench"
+  r = subprocess.run([sys.executable, "-m", "launch.bench", "--quick", "--out", str(out)], cwd=ROOT,
+                     capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.loads((out / "bench.json").read_text())
+  assert (out / "bench.md").read_text().count("|") > 20
+  assert "Peak" in r.stdout and "Discovery" in r.stdout
+
+  m = res["meta"]
+  for k in ("date_utc", "command", "backend", "devices", "cpu_count", "load_average_start", "load_average_end",
+            "flop_formula", "timing", "settings", "wall_s"):
+    assert k in m, k
+  assert m["complete"] and m["devices"] and m["settings"]["quick"]
+  for k in ("f32_gflops", "bf16_f32acc_gflops", "bf16_over_f32", "n", "warmup", "repeats"):
+    assert res["peak"][k] > 0, k
+
+  assert res["train"], "no trainer rows"
+  for row in res["train"]:
+    assert TRAIN_FIELDS <= set(row), TRAIN_FIELDS - set(row)
+    assert TRAIN_RATIOS <= set(row["ratios"]), TRAIN_RATIOS - set(row["ratios"])
+    assert set(row["compile_s"]) == {"train_step", "train_step_diag_off", "train_step_probe", "reference_step"}
+    assert math.isfinite(row["probe_amortised_frac"])
+    assert row["params_total"] >= row["params_active_N"] > 0
+
+  d = res["discovery"]
+  for k in ("n", "seq_len", "ours_s", "reference_s", "compile_s", "warmup", "repeats"):
+    assert k in d, k
+  assert set(d["ratios"]) == {"reference_over_ours"}
+  assert set(res["io"]["conversion"]["ratios"]) == {"read_convert_mb_per_s", "save_converted_mb_per_s",
+                                                    "load_converted_mb_per_s"}
+  assert set(res["io"]["checkpoint"]["ratios"]) == {"save_blocking_mb_per_s", "save_total_mb_per_s",
+                                                    "restore_mb_per_s", "blocking_over_total"}
+  sc = res["scaling"]
+  assert sc["diagnostics_vs_seq_len"] and all("diagnostics_on_over_off" in r["ratios"]
+                                              for r in sc["diagnostics_vs_seq_len"])
+  assert [r["revisions"] for r in sc["discovery"]["vs_revisions"]] == m["settings"]["disc_revisions"]
+  assert [r["n"] for r in sc["discovery"]["vs_n"]] == m["settings"]["disc_ns"]
+
+  ratios = dict(_ratios(res))
+  assert len(ratios) >= 20, sorted(ratios)
+  bad = {k: v for k, v in ratios.items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)}
+  assert not bad, bad
