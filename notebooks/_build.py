@@ -94,8 +94,9 @@ if not RUN_DIR:  # a tiny stand-in run: train, then run the study's sweep and me
   from circuits.train import train
   study.families[FAMILY].steps = TINY_STEPS
   study.families[FAMILY].n_layers = 2
-  study.checkpoint.log_until, study.checkpoint.every = 8, 20
-  study.sweep.n, study.sweep.ablation_examples, study.sweep.n_seeds, study.sweep.n_heldout = 32, 32, 3, 32
+  study.checkpoint.log_until, study.checkpoint.every, study.checkpoint.resume_every = 2, TINY_STEPS, 0
+  study.sweep.n, study.sweep.ablation_examples, study.sweep.n_seeds, study.sweep.n_heldout = 32, 32, 2, 32
+  study.sweep.n_detect = 1
   study.sweep.probes = ("combined",)
   p = pipeline.study_paths(RUN_DIR)
   cfg = pipeline.run_config(study, FAMILY, RUN_DIR)
@@ -171,16 +172,17 @@ if not REVISIONS:  # tiny stand-in: three random "revisions" of a tiny GPT-NeoX,
   from tests.hf_fixtures import make_hf_dir
   d = Path(OUT) / "hf"
   lines = []
-  for i, step in enumerate((1, 512, 143000)):
+  for i, step in enumerate((1, 143000)):
     make_hf_dir(d / f"step{step}", "neox_rot25", seed=i)
     lines.append(json.dumps({"name": f"step{step}", "path": f"step{step}"}))   # tokens from the Pythia name
   (d / "revisions.jsonl").write_text("\\n".join(lines) + "\\n")
   REVISIONS = str(d / "revisions.jsonl")
-  N, SEQ_LEN, N_SEEDS = 32, 32, 3
+  N, SEQ_LEN, N_SEEDS = 32, 32, 2
 print(open(REVISIONS).read())''',
     '''from circuits.discovery import measure, revisions, sweep
 revs = revisions.from_list(REVISIONS)      # config.json directories are converted on the fly (circuits.convert)
-cfg = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=32, n_detect=2, detect_chunk=SEQ_LEN), n_seeds=N_SEEDS)
+cfg = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=32, n_detect=1 if N <= 32 else 8, detect_chunk=SEQ_LEN),
+                        n_seeds=N_SEEDS)
 res = sweep.sweep(revs, Path(OUT) / "sweep", cfg=cfg, n=N, seq_len=SEQ_LEN, progress=False)
 print(res["paths"])''',
     '''import pandas as pd

@@ -1,8 +1,8 @@
 """Executes the three notebooks on tiny settings (environment variables they read in their parameter cells).
 
 The kernel is the current interpreter's (nbclient's native python3 kernel, launched with sys.executable).
-quickstart: 30 steps of the pythia family; run_analysis: a 40-step 2-layer stand-in run, swept; public_revisions:
-three random tiny GPT-NeoX fixtures saved locally (tests/hf_fixtures.py), converted and swept -- no hub.
+quickstart: 12 steps of the pythia family; run_analysis: an 8-step 2-layer stand-in run (checkpoints 0, 1, 2, 8),
+swept; public_revisions: two random tiny GPT-NeoX fixtures saved locally (tests/hf_fixtures.py), converted and swept -- no hub.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks"
 
 TINY = {
-    "quickstart": dict(NB_STEPS="30", NB_FAMILY="pythia"),
-    "run_analysis": dict(NB_STEPS="40", NB_FAMILY="pythia"),
+    "quickstart": dict(NB_STEPS="12", NB_FAMILY="pythia"),
+    "run_analysis": dict(NB_STEPS="8", NB_FAMILY="pythia"),
     "public_revisions": dict(),
 }
 

@@ -28,8 +28,10 @@ import json
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -163,8 +165,8 @@ def run_config(study, family: str, workdir: Optional[str] = None) -> ml_collecti
   from configs.families import family_config  # pylint: disable=import-outside-toplevel
 
   study = resolve(study)
-  if family not in study.families:
-    raise StudyError(f"{family!r} is not a family of this study (families: {sorted(study.families)})")
+  if family not in study.family_order:
+    raise StudyError(f"{family!r} is not a family of this study (family_order: {list(study.family_order)})")
   f = study.families[family]
   size = str(f.get("size", "small"))
   c = family_config(family, size)
@@ -252,7 +254,8 @@ def run_job(study, workdir, job: str, progress: bool = True) -> dict:
   else:
     raise StudyError(f"unknown job {job!r}; jobs: {job_names(study)}")
   info = {"job": job, "wall_s": round(time.time() - t0, 2), **_plain(info)}
-  _write_json(p.stages / f"{job.replace(':', '_')}.json", dict(info, fingerprint=fingerprint(study)))
+  _write_json(p.stages / f"{job.replace(':', '_')}.json", dict(info, fingerprint=fingerprint(study),
+                                                               finished=time.time()))
   return info
 
 
@@ -267,14 +270,23 @@ def _write_json(path: Path, obj) -> None:
   os.replace(tmp, path)
 
 
-def is_done(study, p: Paths, job: str) -> bool:
+def _marker(p: Paths, job: str) -> Optional[dict]:
   m = p.stages / f"{job.replace(':', '_')}.json"
-  if not m.exists():
-    return False
   try:
-    return json.loads(m.read_text()).get("fingerprint") == fingerprint(study)
+    return json.loads(m.read_text()) if m.exists() else None
   except json.JSONDecodeError:
+    return None
+
+
+def is_done(study, p: Paths, job: str) -> bool:
+  """Done: the job's marker holds this config's fingerprint and is newer than every dependency's marker."""
+  m = _marker(p, job)
+  if m is None or m.get("fingerprint") != fingerprint(study):
     return False
+  for d in deps(job, study):
+    if not is_done(study, p, d) or float(_marker(p, d).get("finished", 0)) > float(m.get("finished", 0)):
+      return False
+  return True
 
 
 def job_data(study, p: Paths, progress: bool = True) -> dict:
@@ -559,6 +571,11 @@ def _run_parallel(study, p: Paths, todo: list[str], progress: bool, poll_s: floa
                        mininterval=2.0)
   t0 = time.time()
 
+  def on_term(*_):
+    raise KeyboardInterrupt("SIGTERM")
+
+  old = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
+
   def ready(j):
     return all(d not in pending and d not in running for d in deps(j, study) if d in todo or d in running)
 
@@ -605,6 +622,8 @@ def _run_parallel(study, p: Paths, todo: list[str], progress: bool, poll_s: floa
       log.close()
     for b in bars.values():
       b.close()
+    if old is not None:
+      signal.signal(signal.SIGTERM, old)
   return out
 
 
