@@ -54,7 +54,8 @@ def study_config() -> ml_collections.ConfigDict:
   c.sweep = ml_collections.ConfigDict(dict(
       probes=("combined", "synthetic"),  # combined: in-distribution (ablations on); synthetic: the paper's
       n=256,                 # probe examples
-      ablation_examples=256,
+      ablation_examples=128,  # first n probe examples in the ablations
+      ablate_every_nth=4,    # causal checks at every n-th measured checkpoint and the last (1: all)
       n_seeds=20,            # matched-random control seeds
       n_detect=2,            # examples whose every query row feeds the TL detectors / Gu sink metric
       chunk=64,

@@ -153,7 +153,9 @@ def family_markers(study, p, family: str) -> dict:
     out["markers"][names[7]] = _first(s, t, c, lay)
     out["final_first_mass_max_per_layer"] = [float(x) for x in fm[-1].max(axis=1)]
     out["final_train_loss"] = float(tj[-1]["loss"])
-    out["steps"] = int(s[-1]) + 1
+    out["steps_trained"] = int(s[-1]) + 1
+  out["steps_configured"] = int(study.families[family].steps)
+  out["swept"] = comb is not None and bool(metrics_present(p.metrics(family)))
   for n in names:
     out["markers"].setdefault(n, None)
   out["causal"] = causal_check(p.sweep(family, "combined") / "ablations.csv")
@@ -203,6 +205,10 @@ def causal_check(path: Path) -> Optional[dict]:
     out["drop_random_zero_ci95"] = [out["clean"]["top1"] - rz["ci95"][1], out["clean"]["top1"] - rz["ci95"][0]]
     out["circuit_drop_exceeds_random_ci"] = bool(out.get("drop_circuit_zero", -1) > out["drop_random_zero_ci95"][1])
   return out
+
+
+def metrics_present(path) -> bool:
+  return Path(path).exists() and bool(Path(path).read_text().strip())
 
 
 def summarize(study, p) -> dict:

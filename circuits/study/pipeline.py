@@ -353,8 +353,13 @@ def job_sweep(study, p: Paths, family: str, progress: bool = True) -> dict:
                                       detect_chunk=int(study.data.seq_len)),
         ablations=ablations, induction_threshold=float(m.sel_induction), n_seeds=int(sw.n_seeds),
         ablation_examples=int(sw.ablation_examples) or None)
-    res = sweep.sweep(revs, p.sweep(family, name), probe=load_probe(p, name), cfg=cfg, progress=progress,
-                      analysis_params=dict(sel_threshold=float(m.sel_first)))
+    kw = dict(probe=load_probe(p, name), progress=progress, analysis_params=dict(sel_threshold=float(m.sel_first)))
+    every = int(sw.get("ablate_every_nth", 1))
+    if ablations and every > 1:  # ablations at every n-th measured revision (and the last), then the rest without
+      sweep.sweep(select_revisions(revs, every), p.sweep(family, name), cfg=dataclasses.replace(cfg, analyze=False),
+                  **kw)
+      cfg = dataclasses.replace(cfg, ablations=False)
+    res = sweep.sweep(revs, p.sweep(family, name), cfg=cfg, **kw)
     out[name] = dict(done=len(res["done"]), revisions=len(revs))
   return out
 

@@ -172,6 +172,10 @@ def findings(summary: dict) -> list[str]:
   lines = []
   for f, s in summary["families"].items():
     mk = s["markers"]
+    if s.get("steps_trained", 0) < s["steps_configured"] or not s.get("swept"):
+      lines.append(f"{f}: INCOMPLETE at the time of this report: trained {s.get('steps_trained', 0)} of "
+                   f"{s['steps_configured']} steps; checkpoints swept: {'yes' if s.get('swept') else 'no'} (rerun "
+                   "the study to resume).")
     formed = [n for n, v in mk.items() if v is not None]
     missing = [n for n, v in mk.items() if v is None]
     lines.append(f"{f}: reached {len(formed)} of {len(mk)} markers" +
@@ -213,7 +217,8 @@ def write(study, p) -> dict:
       row[f] = (f"{g['steps']} steps / {g['tokens']:.3g} tokens ({g['order']})" if g["steps"] is not None
                 else g["order"])
     gap_rows.append(row)
-  final_keys = [k for k in summary["families"][fams[0]] if k.startswith("final_") or k.startswith("initial_")]
+  final_keys = list(dict.fromkeys(k for f in fams for k in summary["families"][f]
+                                  if k.startswith(("final_", "initial_", "steps"))))
   final_rows = [{"quantity": k, **{f: summary["families"][f].get(k) for f in fams}} for k in final_keys]
   causal_rows = []
   for f in fams:
