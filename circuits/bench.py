@@ -65,6 +65,7 @@ class Settings:
   warmup: int = 2  # untimed calls before timing (the first includes the compile)
   repeats: int = 5  # timed calls; the median is reported
   size_timing: dict = dataclasses.field(default_factory=lambda: {"50M": (1, 3)})  # size -> (warmup, repeats)
+  size_families: dict = dataclasses.field(default_factory=dict)  # size -> families (default: `families`)
   peak_n: int = 2048  # matmul side n of the peak measurement
   probe_every: int = 100  # K of the in-loop probe
   probe_n: int = 64  # in-loop probe examples (config probe.n default)
@@ -470,7 +471,7 @@ def run(st: Settings, log=print, command: str = "", out_dir=None) -> dict:
   def done(section):
     res["meta"]["load_average_end"] = list(os.getloadavg())
     res["meta"]["wall_s"] = _now() - t_start
-    res["meta"]["complete"] = section == "train"
+    res["meta"].setdefault("complete", False)
     if out_dir is not None:
       write(res, out_dir)
     log(f"[bench] {section} done ({_now() - t_start:.0f} s)")
@@ -485,24 +486,28 @@ def run(st: Settings, log=print, command: str = "", out_dir=None) -> dict:
     done("discovery")
     res["io"] = dict(conversion=bench_conversion(st, tmp), checkpoint=bench_checkpoint(st, tmp))
     done("io")
-    res["scaling"] = dict(discovery=bench_discovery_scaling(st, tmp))
-    done("scaling.discovery")
+    res["scaling"] = {}
+    res["train"] = []
+    for si, size in enumerate(st.sizes):
+      fams = tuple(st.size_families.get(size, st.families))
+      for fam in fams:
+        t0 = _now()
+        res["train"].append(bench_train_one(st, fam, size, res["peak"]["f32_gflops"]))
+        r = res["train"][-1]
+        log(f"[bench] train {fam} {size}: {r['tokens_per_s']:.0f} tokens/s, diag ratio "
+            f"{r['ratios']['diagnostics_on_over_off']:.3f} ({_now() - t0:.0f} s)")
+        if size == st.scaling_size and fam == st.scaling_family:
+          res["scaling"]["diagnostics_vs_seq_len"] = bench_diag_scaling(st, res["train"])
+        done(f"train {fam} {size}")
+      if si == 0:  # before the larger sizes: a run cut short keeps the scaling figures
+        res["scaling"]["discovery"] = bench_discovery_scaling(st, tmp)
+        done("scaling.discovery")
+    if "diagnostics_vs_seq_len" not in res["scaling"]:
+      res["scaling"]["diagnostics_vs_seq_len"] = bench_diag_scaling(st, res["train"])
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-  res["train"] = []
-  for size in st.sizes:
-    for fam in st.families:
-      t0 = _now()
-      res["train"].append(bench_train_one(st, fam, size, res["peak"]["f32_gflops"]))
-      r = res["train"][-1]
-      log(f"[bench] train {fam} {size}: {r['tokens_per_s']:.0f} tokens/s, diag ratio "
-          f"{r['ratios']['diagnostics_on_over_off']:.3f} ({_now() - t0:.0f} s)")
-      if size == st.scaling_size and fam == st.scaling_family:
-        res["scaling"]["diagnostics_vs_seq_len"] = bench_diag_scaling(st, res["train"])
-      done("train" if (size, fam) == (st.sizes[-1], st.families[-1]) else f"train {fam} {size}")
-  if "diagnostics_vs_seq_len" not in res["scaling"]:
-    res["scaling"]["diagnostics_vs_seq_len"] = bench_diag_scaling(st, res["train"])
-    done("train")
+  res["meta"]["complete"] = True
+  done("all")
   return res
 
 
@@ -564,7 +569,7 @@ def markdown(res: dict) -> str:
   for r in res.get("scaling", {}).get("diagnostics_vs_seq_len", []):
     lines.append(f"| {r['family']} | {r['size']} | {r['seq_len']} | {r['batch']} | {r['step_s']:.3f} | "
                  f"{r['step_s_diag_off']:.3f} | {r['ratios']['diagnostics_on_over_off']:.3f} |")
-  if "scaling" not in res:
+  if "discovery" not in res.get("scaling", {}):
     return "\n".join(lines) + "\n"
   s = res["scaling"]["discovery"]
   lines += ["", f"**Scaling: discovery** (measure_revision, full pass with detectors, T = {s['seq_len']}):", "",

@@ -17,6 +17,8 @@ flags.DEFINE_string("out", "out/bench", "output folder (bench.json, bench.md)")
 flags.DEFINE_bool("quick", False, "smoke test: tiny model, 1 warm-up + 2 timed calls, small probes")
 flags.DEFINE_list("families", None, "families of the trainer benchmark (default: pythia, olmo, olmoe)")
 flags.DEFINE_list("sizes", None, "trainer sizes (circuits.bench.SIZES; default 10M, 50M; --quick: tiny)")
+flags.DEFINE_list("size_families", None, "SIZE=FAM+FAM restricts the families at a size, e.g. 50M=pythia")
+flags.DEFINE_integer("disc_repeats", None, "repeats of the discovery timings (default 3)")
 flags.DEFINE_integer("repeats", None, "timed calls per figure (median reported)")
 flags.DEFINE_integer("warmup", None, "untimed calls before timing")
 
@@ -31,11 +33,16 @@ def main(argv):
     st.families = tuple(FLAGS.families)
   if FLAGS.sizes:
     st.sizes = tuple(FLAGS.sizes)
+  for item in FLAGS.size_families or ():
+    size, fams = item.split("=")
+    st.size_families[size] = tuple(fams.split("+"))
+  if FLAGS.disc_repeats:
+    st.disc_repeats = FLAGS.disc_repeats
   if FLAGS.repeats:
     st.repeats = FLAGS.repeats
   if FLAGS.warmup is not None:
     st.warmup = FLAGS.warmup
-  res = bench.run(st, command=" ".join(["python -m launch.bench", *sys.argv[1:]]))
+  res = bench.run(st, command=" ".join(["python -m launch.bench", *sys.argv[1:]]), out_dir=FLAGS.out)
   j, md = bench.write(res, FLAGS.out)
   print(md.read_text())
   print(f"wrote {j} and {md}")
