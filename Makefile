@@ -5,13 +5,12 @@ REQ_HASH := $(shell sha1sum requirements.txt | cut -c1-12)
 VENV := .venv/.installed-$(REQ_HASH)
 export PYTHONHASHSEED := 0
 
-.PHONY: run test setup corpora bench faults sinks clean
+.PHONY: run test setup corpora demo bench sinks clean
 
 setup: $(VENV) corpora
 
 $(VENV): requirements.txt
 	@test -x .venv/bin/python || python3 -m venv .venv
-	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q -r requirements.txt
 	@rm -f .venv/.installed-*
 	@touch $@
@@ -25,7 +24,19 @@ test: setup
 	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 run: setup
+	$(PY) -m launch.study --config configs/study_laptop.py --workdir runs/laptop
+
+# the parity figures of the three families against Hugging Face (a one-minute smoke run)
+demo: setup
 	$(PY) -m launch.demo
+
+# benchmarks: tables on stdout, JSON in out/bench/
+bench: setup
+	$(PY) -m launch.bench
+
+# sink mitigations: one family trained with each attention option, measured by the same instrument
+sinks: setup
+	$(PY) -m launch.study --config configs/study_sinks.py --workdir runs/sinks
 
 clean:
 	rm -rf .venv data

@@ -153,6 +153,11 @@ def family_markers(study, p, family: str) -> dict:
     out["markers"][names[7]] = _first(s, t, c, lay)
     out["final_first_mass_max_per_layer"] = [float(x) for x in fm[-1].max(axis=1)]
     out["final_train_loss"] = float(tj[-1]["loss"])
+    if "attn/unplaced_mass" in tj[-1]:  # softmax1 / sink_logit / sigmoid rows need not sum to 1
+      out["final_unplaced_mass_max_per_layer"] = [float(x) for x in np.asarray(tj[-1]["attn/unplaced_mass"]).max(axis=1)]
+    tps = [float(r["tokens_per_s"]) for r in tj if r.get("tokens_per_s")]
+    if tps:
+      out["train_s_per_step_median"] = tokens_per_step / float(np.median(tps))
     out["steps_trained"] = int(s[-1]) + 1
   out["steps_configured"] = int(study.families[family].steps)
   out["swept"] = comb is not None and bool(metrics_present(p.metrics(family)))

@@ -72,9 +72,10 @@ def resolve(cfg) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
   from configs.families import PUBLISHED  # pylint: disable=import-outside-toplevel
   order = [f for f in cfg.family_order if f in cfg.families]
-  unknown = sorted(set(cfg.families) - set(PUBLISHED))
+  unknown = sorted({architecture(cfg, f) for f in cfg.families} - set(PUBLISHED))
   if unknown:
-    raise StudyError(f"families: unknown family {unknown}; known: {sorted(PUBLISHED)}")
+    raise StudyError(f"families: unknown family {unknown}; known: {sorted(PUBLISHED)} (a run named otherwise "
+                     "sets `family`)")
   if not order:
     raise StudyError("family_order: names no family of `families`")
   cfg.family_order = tuple(order)
@@ -84,14 +85,19 @@ def resolve(cfg) -> ml_collections.ConfigDict:
                      f"(3 specials + n_bb + n_span)")
   for f in order:
     fc = cfg.families[f]
-    if f == "olmoe" and not (fc.n_experts and fc.top_k):
-      raise StudyError("families.olmoe: set n_experts and top_k (the MoE family needs experts)")
-    if f != "olmoe" and fc.n_experts:
+    if architecture(cfg, f) == "olmoe" and not (fc.n_experts and fc.top_k):
+      raise StudyError(f"families.{f}: set n_experts and top_k (the MoE family needs experts)")
+    if architecture(cfg, f) != "olmoe" and fc.n_experts:
       raise StudyError(f"families.{f}.n_experts: only the olmoe family has experts")
   bad = [p for p in cfg.sweep.probes if p not in ("combined", "synthetic")]
   if bad:
     raise StudyError(f"sweep.probes: unknown probe(s) {bad}; known: combined, synthetic")
   return cfg
+
+
+def architecture(cfg, run: str) -> str:
+  """The model family of a study run: its `family` field, else the run's name (pythia, olmo, olmoe)."""
+  return str(cfg.families[run].get("family", "") or run)
 
 
 def fingerprint(cfg) -> str:
@@ -169,11 +175,15 @@ def run_config(study, family: str, workdir: Optional[str] = None) -> ml_collecti
     raise StudyError(f"{family!r} is not a family of this study (family_order: {list(study.family_order)})")
   f = study.families[family]
   size = str(f.get("size", "small"))
-  c = family_config(family, size)
+  arch = architecture(study, family)
+  c = family_config(arch, size)
   fields = dict(c.model.to_dict(), vocab_size=int(study.data.vocab_size), d_model=int(f.d_model),
                 n_layers=int(f.n_layers), n_heads=int(f.n_heads), d_ff=int(f.d_ff), qk_init_std=float(f.qk_init_std),
-                init_std=float(f.init_std))
-  if family == "olmoe":
+                init_std=float(f.init_std), attention=str(f.get("attention", "softmax")))
+  extra = f.get("model", None)
+  for k, v in (extra.to_dict() if hasattr(extra, "to_dict") else dict(extra or {})).items():  # e.g. moe_impl
+    fields[k] = v
+  if arch == "olmoe":
     fields.update(n_experts=int(f.n_experts), top_k=int(f.top_k))
   c.model = model_fields(**fields)
   c.seed = int(f.seed)
