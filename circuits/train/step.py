@@ -67,48 +67,19 @@ def init_state(model_cfg: ModelConfig, tx, seed: int) -> dict:
 def probe_batch(config, model_cfg: ModelConfig) -> dict[str, np.ndarray]:
   """The fixed synthetic induction batch (tokens_NxT, ab_N) and baseline positions (baseline_P).
 
-  Uses circuits.data.probes (the paper's generator) when present, else a local copy of its rule.
+  The paper's generator (circuits.data.probes, numpy only), with token ids in the model's range.
   """
+  from circuits.data import probes
   from circuits.train.config import probe_token_range
 
   pr = config.probe
   t = int(pr.seq_len or config.data.seq_len)
   lo, hi = probe_token_range(config, model_cfg)
   n_base = min(int(pr.n_baseline), len(set(range(1, t - 1)) - {0, *range(t - 6, t)}))
-  try:
-    from circuits.data import probes
-    b = probes.synthetic_induction_batch(n=int(pr.n), seq_len=t, lo=lo, hi=hi, seed=int(pr.seed))
-    tokens, ab = b.tokens_NxT, b.ab_N
-    base = probes.baseline_positions(seq_len=t, n=n_base)
-  except ImportError:
-    tokens, ab, base = _local_probe(int(pr.n), t, lo, hi, int(pr.seed), n_base)
-  return dict(tokens_NxT=np.asarray(tokens, np.int32), ab_N=np.asarray(ab, np.int32),
+  b = probes.synthetic_induction_batch(n=int(pr.n), seq_len=t, lo=lo, hi=hi, seed=int(pr.seed))
+  base = probes.baseline_positions(seq_len=t, n=n_base)
+  return dict(tokens_NxT=np.asarray(b.tokens_NxT, np.int32), ab_N=np.asarray(b.ab_N, np.int32),
               baseline_P=np.asarray(base, np.int32))
-
-
-def _local_probe(n, t, lo, hi, seed, n_base):
-  """Fallback of METHODS.md's synthetic batch (ab range scaled from (20, 128) at T=256)."""
-  rng = np.random.RandomState(seed)
-  ab_lo, ab_hi = max(1, round(20 * t / 256)), min(t - 3, round(128 * t / 256))
-  toks, abs_ = np.empty((n, t), np.int32), np.empty(n, np.int32)
-  for e in range(n):
-    seq = rng.randint(lo, hi, size=t)
-    a, b = rng.choice(np.arange(lo, hi), 2, replace=False)
-    p = rng.randint(ab_lo, ab_hi)
-    seq[p], seq[p + 1] = a, b
-    for v, keep in ((a, p), (b, p + 1)):
-      for i in np.flatnonzero(seq == v):
-        if i != keep:
-          seq[i] = rng.randint(lo, hi)
-    seq[-1] = a
-    toks[e], abs_[e] = seq, p
-  excluded, base = {0, *range(t - 6, t)}, []
-  rng = np.random.RandomState(0)
-  while len(base) < n_base:
-    q = int(rng.randint(1, t - 1))
-    if q not in excluded and q not in base:
-      base.append(q)
-  return toks, abs_, np.asarray(base, np.int32)
 
 
 # ----- the step -----
