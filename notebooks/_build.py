@@ -181,7 +181,7 @@ if not REVISIONS:  # tiny stand-in: three random "revisions" of a tiny GPT-NeoX,
 print(open(REVISIONS).read())''',
     '''from circuits.discovery import measure, revisions, sweep
 revs = revisions.from_list(REVISIONS)      # config.json directories are converted on the fly (circuits.convert)
-cfg = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=32, n_detect=1 if N <= 32 else 8, detect_chunk=SEQ_LEN),
+cfg = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=32, n_detect=1 if N <= 32 else 8),
                         n_seeds=N_SEEDS)
 res = sweep.sweep(revs, Path(OUT) / "sweep", cfg=cfg, n=N, seq_len=SEQ_LEN, progress=False)
 print(res["paths"])''',

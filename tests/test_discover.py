@@ -18,7 +18,7 @@ from circuits.discovery import ablate, measure, revisions, sweep
 from circuits.discovery import table as T
 
 N, T_LEN, VOCAB = 32, 32, 96
-CFG = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=32, n_detect=2, detect_chunk=32), n_seeds=20)
+CFG = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=32, n_detect=2), n_seeds=20)
 
 
 def _fake_run(tmp: Path) -> Path:

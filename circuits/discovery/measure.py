@@ -54,7 +54,6 @@ class MeasureConfig:
   null_draws: int = 500
   null_seed: int = 0
   n_detect: int = 8  # probe examples whose every query row feeds the TL detectors and the Gu metric
-  detect_chunk: int = 64  # query positions per jitted call of the detector pass
   exclude_bos: bool = False
   exclude_current_token: bool = False
   gu_k: int = 0
@@ -89,15 +88,27 @@ def _main_chunk(graphdef, state, tokens_BxT, qpos_B, valid_B, targets: dict, bas
   return sums, out.z_BxLxHxK, out.rows_BxLxHxS
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-def _detect_chunk(graphdef, state, tokens_QxT, qpos_Q, exclude_bos, exclude_current, gu_k):
-  """One example repeated Q times, one query position each: TL detector sums and Gu sums."""
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _detect_chunk(graphdef, state, tokens_BxT, exclude_bos, exclude_current, gu_k):
+  """TL detector and Gu sums of every query row, reduced inside the attention op (one forward pass).
+
+  Patterns (P = 5, over all T queries): previous, duplicate, induction (each times the TL keep mask),
+  the keep mask itself (the TL denominator) and Gu's column k on rows q >= k. Returns [B, L, 5, H].
+  """
+  b, t = tokens_BxT.shape
+  q_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  pats = D.detector_patterns(tokens_BxT, q_BxT)
+  s_S = jnp.arange(t)
+  keep_BxTxS = jnp.ones((b, t, t), bool)
+  if exclude_bos:
+    keep_BxTxS = keep_BxTxS & (s_S != 0)
+  if exclude_current:
+    keep_BxTxS = keep_BxTxS & (s_S[None, :] != jnp.arange(t)[:, None])
+  gu_TxS = (s_S[None, :] == gu_k) & (jnp.arange(t)[:, None] >= gu_k)
+  stack_BxPxTxS = jnp.stack([pats[n] & keep_BxTxS for n in D.DETECTORS] +
+                            [keep_BxTxS, jnp.broadcast_to(gu_TxS, (b, t, t))], axis=1)
   model = nnx.merge(graphdef, state)
-  out = model(tokens_QxT, query_pos_B=qpos_Q)
-  rows_1xQxLxHxS = out.rows_BxLxHxS[None]
-  det = D.detector_sums(rows_1xQxLxHxS, tokens_QxT[:1], qpos_Q[None], exclude_bos, exclude_current)
-  det = {n: (num[0], den[0]) for n, (num, den) in det.items()}
-  return det, D.sink_alpha_sums(rows_1xQxLxHxS, qpos_Q[None], gu_k)
+  return model(tokens_BxT, patterns_BxPxTxS=stack_BxPxTxS).pattern_sums_BxLxPxH
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -183,27 +194,21 @@ def selectivities(sums: dict, n: int, query_pos: int) -> dict:
 
 def detectors(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig()) -> dict:
   """TL detector scores and Gu alpha [L, H] from the rows of every query position (0..T-1) of the first
-  n_detect examples (each example is repeated over chunks of query positions: the model API captures one
-  query per example)."""
-  p = _as_probe(probe)
-  tok = p["tokens_NxT"].astype(np.int32)[:cfg.n_detect]
-  t = tok.shape[1]
-  qb = min(cfg.detect_chunk, t)
-  scores, a_sum, a_cnt = None, 0.0, 0.0
-  for e in range(tok.shape[0]):
-    num_den = None
-    for i in range(0, t, qb):
-      q = np.arange(i, min(i + qb, t), dtype=np.int32)  # a shorter last chunk compiles once more
-      det, (s, c) = _detect_chunk(graphdef, state, np.repeat(tok[e:e + 1], len(q), 0), q,
-                                  cfg.exclude_bos, cfg.exclude_current_token, cfg.gu_k)
-      det = jax.device_get(det)
-      num_den = det if num_den is None else {k2: (num_den[k2][0] + v[0], num_den[k2][1] + v[1])
-                                              for k2, v in det.items()}
-      a_sum, a_cnt = a_sum + np.asarray(s), a_cnt + float(c)
-    sc = {f"tl_{k2}": np.where(d > 0, nu / np.where(d > 0, d, 1.0), 0.0) for k2, (nu, d) in num_den.items()}
-    scores = sc if scores is None else {k2: scores[k2] + v for k2, v in sc.items()}
-  out = {k2: v / tok.shape[0] for k2, v in scores.items()}
-  out["gu_alpha"] = a_sum / max(a_cnt, 1.0)
+  n_detect examples, reduced inside the attention op (no attention pattern leaves it).
+
+  tl_<name>: per prompt, the kept attention on the pattern over all kept attention (TL's detect_head,
+  error_measure "mul"), averaged over prompts; gu_alpha: mean over prompts and rows q >= k of A[q, k].
+  """
+  tok = _as_probe(probe)["tokens_NxT"].astype(np.int32)[:cfg.n_detect]
+  n, t = tok.shape
+  b = min(cfg.chunk, n)
+  sums = np.concatenate([np.asarray(_detect_chunk(graphdef, state, _pad(tok[i:i + b], b), cfg.exclude_bos,
+                                                  cfg.exclude_current_token, cfg.gu_k))[:min(b, n - i)]
+                         for i in range(0, n, b)])  # [N, L, 5, H]
+  den = sums[:, :, len(D.DETECTORS)]
+  out = {f"tl_{name}": np.where(den > 0, sums[:, :, i] / np.where(den > 0, den, 1.0), 0.0).mean(0)
+         for i, name in enumerate(D.DETECTORS)}
+  out["gu_alpha"] = sums[:, :, len(D.DETECTORS) + 1].sum(0) / max(n * (t - cfg.gu_k), 1)
   return out
 
 

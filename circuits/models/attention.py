@@ -4,6 +4,7 @@ Legend: B batch, T queries, S keys, D d_model, H heads, G kv heads, R = H / G, K
 
 Besides its output, the op can return, when asked (never a [B, H, T, S] tensor):
   stats: per-head reductions of the probabilities (circuits.diagnostics.attention_reductions), each [H];
+  pattern_sums_BxPxH: per example, the attention mass on each of P given 0/1 key patterns [B, P, T, S];
   rows_BxHxS / z_BxHxK: the attention row and the pre-output-projection vector at one query per example;
 and it can scale (zero) or replace chosen heads' z at the output-projection input, for ablations.
 """
@@ -31,6 +32,7 @@ class Probe:
   head_scale_H: jax.Array | None = None  # multiply each head's z (0 = zero ablation)
   head_replace_HxK: jax.Array | None = None  # replace z of heads where replace_mask_H ...
   replace_mask_H: jax.Array | None = None  # ... is True (e.g. mean ablation), at every position
+  patterns_BxPxTxS: jax.Array | None = None  # 0/1 key patterns: return sum_{t,s} A * pattern per example
 
 
 def causal_mask(positions_BxT, segment_ids_BxT=None):
@@ -92,6 +94,9 @@ def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, probe: Probe, kind: str 
   aux = {}
   if probe.stats:
     aux["stats"] = diagnostics.attention_reductions(probs_BxHxTxS, normalised=kind in ("softmax", "gated"))
+  if probe.patterns_BxPxTxS is not None:  # e.g. TransformerLens detector patterns, reduced in place
+    aux["pattern_sums_BxPxH"] = jnp.einsum("bhts,bpts->bph", probs_BxHxTxS,
+                                           probe.patterns_BxPxTxS.astype(jnp.float32))
   if probe.query_pos_B is not None:
     idx_B = jnp.arange(b)
     aux["rows_BxHxS"] = probs_BxHxTxS[idx_B, :, probe.query_pos_B, :]

@@ -24,6 +24,7 @@ class ModelOutput:
   rows_BxLxHxS: jax.Array | None = None  # attention rows at query_pos_B
   z_BxLxHxK: jax.Array | None = None  # pre-output-projection vectors at query_pos_B
   moe: dict | None = None  # load_LxE, imbalance_L, router_entropy_L, lb_loss_L, z_loss_L, topk_idx_LxNxK
+  pattern_sums_BxLxPxH: jax.Array | None = None  # attention mass on given key patterns, per example
   extremes: dict | None = None  # resid_absmax_L, resid_absmedian_L, v_norm_first_LxG, v_norm_mean_LxG
 
 
@@ -44,13 +45,14 @@ class LM(nnx.Module):
 
   def __call__(self, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None, stats: bool = False,
                query_pos_B=None, head_scale_LxH=None, head_replace_LxHxK=None, replace_mask_LxH=None,
-               extremes: bool = False) -> ModelOutput:
+               extremes: bool = False, patterns_BxPxTxS=None) -> ModelOutput:
     """Logits, and on request per-head statistics, query-row captures and head ablations.
 
     segment_ids_BxT: when given, attention is masked between packed documents (positions should then
     restart per document). head_scale_LxH multiplies each head's pre-output-projection vector z (0 is
     zero ablation); replace_mask_LxH swaps z for head_replace_LxHxK at every position (mean ablation).
-    Captured z is taken before its own layer's ablation.
+    Captured z is taken before its own layer's ablation. patterns_BxPxTxS: 0/1 key patterns whose attention
+    mass sum_{t,s} A[t, s] * pattern[t, s] is returned per example, layer, pattern and head.
     """
     cfg = self.cfg
     b, t = tokens_BxT.shape
@@ -61,7 +63,7 @@ class LM(nnx.Module):
     attn_aux, moe_aux, ext = [], [], []
     for i, block in enumerate(self.blocks):
       probe = Probe(
-          stats=stats, extremes=extremes, query_pos_B=query_pos_B,
+          stats=stats, extremes=extremes, query_pos_B=query_pos_B, patterns_BxPxTxS=patterns_BxPxTxS,
           head_scale_H=None if head_scale_LxH is None else head_scale_LxH[i],
           head_replace_HxK=None if head_replace_LxHxK is None else head_replace_LxHxK[i],
           replace_mask_H=None if replace_mask_LxH is None else replace_mask_LxH[i])
@@ -80,6 +82,8 @@ class LM(nnx.Module):
     if query_pos_B is not None:
       out["rows_BxLxHxS"] = jnp.stack([a["rows_BxHxS"] for a in attn_aux], axis=1)
       out["z_BxLxHxK"] = jnp.stack([a["z_BxHxK"] for a in attn_aux], axis=1)
+    if patterns_BxPxTxS is not None:
+      out["pattern_sums_BxLxPxH"] = jnp.stack([a["pattern_sums_BxPxH"] for a in attn_aux], axis=1)
     if moe_aux:
       m = _stack(moe_aux)
       out["moe"] = {"load_LxE": m["load"], "imbalance_L": m["imbalance"],

@@ -359,8 +359,7 @@ def job_sweep(study, p: Paths, family: str, progress: bool = True) -> dict:
   for name in sw.probes:
     ablations = name == "combined" or bool(sw.synthetic_ablations)
     cfg = sweep.SweepConfig(
-        measure=measure.MeasureConfig(chunk=int(sw.chunk), n_detect=int(sw.n_detect),
-                                      detect_chunk=int(study.data.seq_len)),
+        measure=measure.MeasureConfig(chunk=int(sw.chunk), n_detect=int(sw.n_detect)),
         ablations=ablations, induction_threshold=float(m.sel_induction), n_seeds=int(sw.n_seeds),
         ablation_examples=int(sw.ablation_examples) or None)
     kw = dict(probe=load_probe(p, name), progress=progress, analysis_params=dict(sel_threshold=float(m.sel_first)))
