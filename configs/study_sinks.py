@@ -11,18 +11,20 @@ first-token sinks form, whether and when the induction circuit forms, final loss
 from circuits.models.config import ATTENTION_KINDS
 from configs.study_laptop import study_config
 
-FAMILY = "pythia"
+FAMILY = "olmo"
+STEPS = 1500  # five runs on two cores: shorter than the laptop study (sinks form within a few hundred steps)
 
 
 def get_config(arg: str = ""):
   c = study_config()
   c.name = "sinks"
-  recipe = c.families[FAMILY].to_dict()
+  recipe = dict(c.families[FAMILY].to_dict(), steps=STEPS)
   runs = {f"{FAMILY}_{kind}": dict(recipe, family=FAMILY, attention=kind) for kind in ATTENTION_KINDS}
   import ml_collections  # pylint: disable=import-outside-toplevel
   c.families = ml_collections.ConfigDict(runs)
   c.family_order = tuple(runs)
   c.sweep.n_seeds = 20
+  c.sweep.probes = ("combined",)  # the in-distribution probe (with ablations); the synthetic one is optional
   if not arg:
     return c
   from circuits import study  # pylint: disable=import-outside-toplevel
