@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -49,18 +48,8 @@ def default_probe(vocab_size: int, n: int = 2000, seq_len: int = 256):
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  """Temp file + fsync + os.replace (the table module's writer: one implementation)."""
+  T._atomic_write_bytes(path, data)  # pylint: disable=protected-access
 
 
 def _csv_bytes(df: pd.DataFrame) -> bytes:
