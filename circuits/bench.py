@@ -68,7 +68,7 @@ class Settings:
   size_families: dict = dataclasses.field(default_factory=dict)  # size -> families (default: `families`)
   peak_n: int = 2048  # matmul side n of the peak measurement
   probe_every: int = 100  # K of the in-loop probe
-  probe_n: int = 64  # in-loop probe examples (config probe.n default)
+  probe_n: int = 32  # in-loop probe examples (config probe.n default)
   scaling_family: str = "pythia"
   scaling_size: str = "10M"
   scaling_seq_lens: tuple = (256, 512, 1024)  # batch = tokens_per_step // T
@@ -148,7 +148,7 @@ def model_fields(family: str, size: str) -> dict:
 
 
 def run_config(family: str, size: str, batch: int, seq_len: int, *, diagnostics: bool = True,
-               probe_every: int = 0, probe_n: int = 64):
+               probe_every: int = 0, probe_n: int = 32):
   """A trainer config (configs.base) of `family` at bench size `size`; no checkpoints, no progress bar."""
   from configs.base import base_config  # pylint: disable=import-outside-toplevel
   from configs.base import model_fields as mf  # pylint: disable=import-outside-toplevel

@@ -8,6 +8,8 @@ Logical axis names (the only place they are declared; circuits/train/sharding.py
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -33,6 +35,56 @@ def param(rngs: nnx.Rngs | None, shape, axes, *, std: float | None = None, fill:
   return nnx.Param(value, out_sharding=tuple(axes))
 
 
+# The normalisations with an analytic backward (jax.custom_vjp). The forward is the plain two-pass form
+# (parity-tested against Hugging Face); the backward is the closed form below. Autodiff of the two-pass form
+# makes XLA:CPU fuse the residual-stream gradient sum with repeated recomputation of the norm's terms: at the
+# laptop study's sizes that fusion took ~40% of an OLMo step (launch/bench.py, "norm backward" row).
+# tests/test_layers.py checks both gradients against autodiff of the same formula in float64.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def standardize(x, eps: float):
+  """(x - mean) / sqrt(var + eps) over the last axis (var: mean squared deviation, two-pass)."""
+  return _standardize_fwd(x, eps)[0]
+
+
+def _standardize_fwd(x, eps):
+  xc = x - x.mean(-1, keepdims=True)
+  rstd = jax.lax.rsqrt(jnp.square(xc).mean(-1, keepdims=True) + eps)
+  y = xc * rstd
+  return y, (y, rstd)
+
+
+def _standardize_bwd(eps, res, g):
+  del eps
+  y, rstd = res  # dx = rstd * (g - mean(g) - y * mean(g * y))
+  return rstd * (g - g.mean(-1, keepdims=True) - y * (g * y).mean(-1, keepdims=True)),
+
+
+standardize.defvjp(_standardize_fwd, _standardize_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def rms_normalize(x, eps: float):
+  """x / sqrt(mean(x^2) + eps) over the last axis."""
+  return _rms_fwd(x, eps)[0]
+
+
+def _rms_fwd(x, eps):
+  rstd = jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + eps)
+  y = x * rstd
+  return y, (y, rstd)
+
+
+def _rms_bwd(eps, res, g):
+  del eps
+  y, rstd = res  # dx = rstd * (g - y * mean(g * y))
+  return rstd * (g - y * (g * y).mean(-1, keepdims=True)),
+
+
+rms_normalize.defvjp(_rms_fwd, _rms_bwd)
+
+
 class LayerNorm(nnx.Module):
   """LayerNorm in fp32; `affine=False` is OLMo's parameter-free norm."""
 
@@ -43,10 +95,7 @@ class LayerNorm(nnx.Module):
       self.bias = param(None, (d,), (EMBED,), fill=0.0, dtype=dtype)
 
   def __call__(self, x_BxTxD):
-    x = x_BxTxD.astype(jnp.float32)
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    y = standardize(x_BxTxD.astype(jnp.float32), self.eps)
     if self.affine:
       y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
     return y.astype(x_BxTxD.dtype)
@@ -60,8 +109,7 @@ class RMSNorm(nnx.Module):
     self.scale = param(None, (d,), (axis_name,), fill=1.0, dtype=dtype)
 
   def __call__(self, x):
-    xf = x.astype(jnp.float32)
-    y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + self.eps)
+    y = rms_normalize(x.astype(jnp.float32), self.eps)
     return (self.scale[...].astype(jnp.float32) * y).astype(x.dtype)
 
 
