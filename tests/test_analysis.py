@@ -150,6 +150,16 @@ def test_pr_integral(df):
   assert c[(1, 0)] == pytest.approx(6 * LN10) and c[(0, 0)] == pytest.approx(2 * LN10)
 
 
+def test_pr_integral_skips_zero_tokens(df):
+  """A revision at 0 tokens (step 0 of a run) has no log-token position: left out, no -inf, no warning."""
+  d = df.copy()
+  d.loc[d[T.REVISION] == "r0", T.TOKENS] = 0.0
+  with np.errstate(all="raise"):
+    x = A.pr_integral(d).set_index([T.LAYER, T.HEAD])["pr_integral"]
+  assert x[(1, 0)] == pytest.approx(6 * LN10)  # y = 3, 3, 3 on x = 0, ln 10, ln 100
+  assert x[(0, 0)] == pytest.approx(2 * LN10)
+
+
 def test_null_floor(df):
   assert A.null_floor(df) is None
   s = A.summarize(df)["models"]["table"]

@@ -302,7 +302,8 @@ def null_floor(df: pd.DataFrame, sel_threshold: float = 30.0, baseline: str = "p
 
 def pr_integral(df: pd.DataFrame, clamp_below_1b: bool = False) -> pd.DataFrame:
   """Per head: trapz(max(PR - 1, 0), ln(tokens / 1e9)) over the revisions (token order) with finite PR;
-  clamp_below_1b=True uses ln(max(tokens / 1e9, 1)) (the paper's Pythia code). NaN with < 2 points."""
+  clamp_below_1b=True uses ln(max(tokens / 1e9, 1)) (the paper's Pythia code). Without the clamp a revision
+  at 0 tokens (ln 0 = -inf) is left out of the integral. NaN with < 2 points."""
   d = _ordered(df)
   rows = []
   for (layer, head), h in d.groupby([T.LAYER, T.HEAD], sort=True):
@@ -310,6 +311,8 @@ def pr_integral(df: pd.DataFrame, clamp_below_1b: bool = False) -> pd.DataFrame:
     tb = h[T.TOKENS].to_numpy(dtype=float) / 1e9
     if clamp_below_1b:
       tb = np.maximum(tb, 1.0)
+    else:
+      h, tb = h[tb > 0], tb[tb > 0]
     x = np.log(tb)
     y = np.maximum(h[T.PR].to_numpy(dtype=float) - 1.0, 0.0)
     rows.append({T.LAYER: int(layer), T.HEAD: int(head),
