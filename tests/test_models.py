@@ -203,6 +203,20 @@ def test_ragged_and_dense_moe_agree():
   np.testing.assert_array_equal(np.asarray(a.moe["topk_idx_LxNxK"]), np.asarray(b.moe["topk_idx_LxNxK"]))
   np.testing.assert_allclose(np.asarray(a.moe["load_LxE"]), np.asarray(b.moe["load_LxE"]), atol=1e-6)
 
+  def grads(model):  # d(mean log-likelihood of random next tokens) / d(params): the training path
+    gdef, state = nnx.split(model, nnx.Param)
+    tgt = jnp.asarray(np.roll(tok, -1, axis=1))
+
+    def loss(st):
+      logits = nnx.merge(gdef, st)(jnp.asarray(tok)).logits_BxTxV
+      return -jnp.take_along_axis(jax.nn.log_softmax(logits), tgt[..., None], -1).mean()
+    return nnx.to_pure_dict(jax.grad(loss)(state))
+
+  ga, gb = jax.tree.leaves(grads(ragged)), jax.tree.leaves(grads(dense))
+  assert len(ga) == len(gb) and max(float(jnp.abs(x).max()) for x in ga) > 1e-3  # not a zero gradient
+  for x, y in zip(ga, gb):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-5, rtol=1e-4)
+
 
 def test_rows_match_hf_attentions(tmp_path):
   """[B, L, H, S] rows at a different query position per example == HF eager attentions there."""

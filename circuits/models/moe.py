@@ -40,9 +40,15 @@ class MoE(nnx.Module):
     gates_NxK = gates_NxK.astype(dt)
     wg, wu, wd = (w[...].astype(dt) for w in (self.gate, self.up, self.down))
     if cfg.moe_impl == "dense":
-      combine_NxE = jnp.zeros_like(probs_NxE, dtype=dt).at[jnp.arange(b * t)[:, None], idx_NxK].add(gates_NxK)
-      h_NxExF = jax.nn.silu(jnp.einsum("nd,edf->nef", x_NxD, wg)) * jnp.einsum("nd,edf->nef", x_NxD, wu)
-      y_NxD = jnp.einsum("nef,efd,ne->nd", h_NxExF, wd, combine_NxE)
+      # the experts side by side as two flat matmuls, [N,D] @ [D,E*F] and [N,E*F] @ [E*F,D]: no batched
+      # einsum, whose backward XLA:CPU laid out with activation-sized transposes (laptop OLMoE step 242 -> 179 ms,
+      # one core, batch 32 x T 64, measured side by side)
+      n, e, f = b * t, cfg.n_experts, wg.shape[-1]
+      combine_NxE = jnp.zeros_like(probs_NxE, dtype=dt).at[jnp.arange(n)[:, None], idx_NxK].add(gates_NxK)
+      g_NxEF = x_NxD @ wg.transpose(1, 0, 2).reshape(d, e * f)
+      u_NxEF = x_NxD @ wu.transpose(1, 0, 2).reshape(d, e * f)
+      h_NxExF = (jax.nn.silu(g_NxEF) * u_NxEF).reshape(n, e, f) * combine_NxE[:, :, None]
+      y_NxD = h_NxExF.reshape(n, e * f) @ wd.reshape(e * f, d)
     else:
       flat_M = idx_NxK.reshape(-1)  # M = N*K assignments
       order_M = jnp.argsort(flat_M, stable=True)
