@@ -48,7 +48,10 @@ def study_config() -> ml_collections.ConfigDict:
       task="circuits.combined", vocab="synthetic:384", vocab_size=384, seq_len=64, add_bos=True, pack=True,
       cache="data/cache/study_{name}",  # {name}: c.name; one cache, max(steps) x batch_size rows
       synthetic=ml_collections.ConfigDict(dict(n_bb=64, n_triggers=3, trigger_prob=0.1, bigram_k=8, table_seed=0,
-                                               n_span=256, span_min=12, span_max=24)),
+                                               # spans of 16..28 (two copies: 32..56 of the 63 tokens):
+                                               # with 12..24 neither Pythia nor OLMo formed induction within
+                                               # 3000 steps; with 16..28 both did (2026-12-02 pilots)
+                                               n_span=256, span_min=16, span_max=28)),
   ))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32, b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0, log_every=10, probe_every=50,

@@ -25,6 +25,8 @@ def get_config(arg: str = ""):
   c.family_order = tuple(runs)
   c.sweep.n_seeds = 20
   c.sweep.probes = ("combined",)  # the in-distribution probe (with ablations); the synthetic one is optional
+  # the spans this comparison was measured with (README, 2026-12-02), shorter than the laptop study's since
+  c.data.synthetic.span_min, c.data.synthetic.span_max = 12, 24
   if not arg:
     return c
   from circuits import study  # pylint: disable=import-outside-toplevel
