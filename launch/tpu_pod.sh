@@ -2,7 +2,7 @@
 # Create a TPU VM pod, install circuits on every worker, run `launch.train` on all workers at once.
 #
 #   launch/tpu_pod.sh --name circuits-v4 --zone us-central2-b --accelerator v4-64 --family olmo \
-#       --workdir gs://BUCKET/runs/1b/olmo [--config configs/study_1b.py] [--repo URL] [--dry-run] \
+#       --workdir gs://BUCKET/runs/1b/olmo [--config configs/study_1b.py] [--repo URL (default: this checkout's origin)] [--dry-run] \
 #       [-- --config.train.steps=1000 ...]
 #
 # Every worker runs `python -m launch.train --config <config>:<family> --workdir <workdir> --distributed`;
@@ -11,7 +11,7 @@
 set -euo pipefail
 
 NAME="" ZONE="" ACCEL="v4-64" VERSION="tpu-ubuntu2204-base" FAMILY="" WORKDIR="" CONFIG="configs/study_1b.py"
-REPO="https://github.com/OWNER/circuits.git" BRANCH="main" DRY=0 PROJECT="" EXTRA=()
+REPO="$(git -C "$(dirname "$0")/.." remote get-url origin 2>/dev/null || true)" BRANCH="main" DRY=0 PROJECT="" EXTRA=()
 usage() { sed -n '2,12p' "$0"; exit "${1:-2}"; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -31,6 +31,7 @@ while [[ $# -gt 0 ]]; do
     *) echo "tpu_pod.sh: unknown argument $1" >&2; usage;;
   esac
 done
+[[ -n "$REPO" ]] || { echo "tpu_pod.sh: --repo URL is required (the git URL the workers clone; this checkout has no 'origin' remote to default to)" >&2; exit 2; }
 for v in NAME ZONE FAMILY WORKDIR; do
   [[ -n "${!v}" ]] || { echo "tpu_pod.sh: --$(echo "$v" | tr 'A-Z' 'a-z') is required" >&2; usage; }
 done

@@ -11,8 +11,11 @@ HERE = Path(__file__).parent
 SETUP = '''# Colab: clone and install the repository (skipped anywhere else)
 import os, subprocess, sys
 IN_COLAB = "google.colab" in sys.modules
-REPO_URL = os.environ.get("CIRCUITS_REPO", "https://github.com/OWNER/circuits.git")
+REPO_URL = os.environ.get("CIRCUITS_REPO", "")  # the repository's git URL (Colab only)
 if IN_COLAB:
+  if not REPO_URL and not os.path.isdir("/content/circuits"):
+    raise RuntimeError("set CIRCUITS_REPO to the repository's git URL first: "
+                       "os.environ['CIRCUITS_REPO'] = 'https://...'")
   if not os.path.isdir("/content/circuits"):
     subprocess.check_call(["git", "clone", "--depth", "1", REPO_URL, "/content/circuits"])
   subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/circuits/requirements.txt"])

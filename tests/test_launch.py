@@ -20,7 +20,8 @@ def _sh(script, *args):
 
 def test_tpu_pod_dry_run_prints_every_command():
   r = _sh("tpu_pod.sh", "--dry-run", "--name", "pod1", "--zone", "us-central2-b", "--accelerator", "v4-32",
-          "--family", "olmo", "--workdir", "gs://bucket/olmo", "--", "--config.train.steps=10")
+          "--family", "olmo", "--workdir", "gs://bucket/olmo", "--repo", "https://example.org/circuits.git", "--",
+          "--config.train.steps=10")
   assert r.returncode == 0, r.stderr
   lines = [shlex.split(l) for l in r.stdout.strip().splitlines()]
   assert len(lines) == 3
@@ -30,6 +31,7 @@ def test_tpu_pod_dry_run_prints_every_command():
   for cmd in (install, train):
     assert cmd[4] == "ssh" and "--worker=all" in cmd
   assert "pip install" in install[install.index("--command") + 1]
+  assert "git clone --branch main https://example.org/circuits.git circuits" in install[install.index("--command") + 1]
   remote = train[train.index("--command") + 1]
   assert ("-m launch.train --config configs/study_1b.py:olmo --workdir gs://bucket/olmo --distributed "
           "--config.train.steps=10") in remote
