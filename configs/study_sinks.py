@@ -25,7 +25,7 @@ def get_config(arg: str = ""):
   c.family_order = tuple(runs)
   c.sweep.n_seeds = 20
   c.sweep.probes = ("combined",)  # the in-distribution probe (with ablations); the synthetic one is optional
-  # the spans this comparison was measured with (README, 2026-12-02), shorter than the laptop study's since
+  # the spans this comparison was measured with (README, 2026-12-02); the laptop study uses 16..28 since then
   c.data.synthetic.span_min, c.data.synthetic.span_max = 12, 24
   if not arg:
     return c
