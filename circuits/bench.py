@@ -105,13 +105,15 @@ def _now() -> float:
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, dict]:
-  """Calls each fn once per round for warmup + repeats rounds. Per name: first_s (the first call, which
-  includes compiling), median_s of the timed rounds, all timed seconds."""
+  """Calls each fn once per round for warmup + repeats rounds, the order rotated by one each round (no
+  variant is always first after another). Per name: first_s (the first call, which includes compiling),
+  median_s of the timed rounds, all timed seconds."""
   times = {k: [] for k in fns}
-  for _ in range(warmup + repeats):
-    for k, fn in fns.items():
+  names = list(fns)
+  for r in range(warmup + repeats):
+    for k in names[r % len(names):] + names[:r % len(names)]:
       t0 = _now()
-      fn()
+      fns[k]()
       times[k].append(_now() - t0)
   return {k: dict(first_s=v[0], median_s=_median(v[warmup:]), timed_s=v[warmup:]) for k, v in times.items()}
 

@@ -11,6 +11,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+from circuits import bench  # pylint: disable=wrong-import-position
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TRAIN_FIELDS = {"family", "size", "params_total", "params_active_N", "batch", "seq_len", "warmup", "repeats",
@@ -77,3 +79,11 @@ def test_bench_quick(tmp_path):
   assert len(ratios) >= 15, sorted(ratios)  # quick: 7 trainer + 1 discovery + 7 io + 4 scaling
   bad = {k: v for k, v in ratios.items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)}
   assert not bad, bad
+
+
+def test_interleaved_rotates_the_order_and_times_every_call():
+  calls = []
+  fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+  res = bench.interleaved(fns, warmup=1, repeats=3)
+  assert calls == list("abc" "bca" "cab" "abc")  # round r starts at variant r mod 3
+  assert all(len(v["timed_s"]) == 3 and v["first_s"] >= 0 for v in res.values())
