@@ -106,8 +106,8 @@ def _now() -> float:
 
 def interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, dict]:
   """Calls each fn once per round for warmup + repeats rounds, the order rotated by one each round (no
-  variant is always first after another). Per name: first_s (the first call, which includes compiling),
-  median_s of the timed rounds, all timed seconds."""
+  variant always runs first). Per name: first_s (the first call, which includes compiling), median_s of the
+  timed rounds, all timed seconds."""
   times = {k: [] for k in fns}
   names = list(fns)
   for r in range(warmup + repeats):

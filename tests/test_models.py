@@ -203,7 +203,7 @@ def test_ragged_and_dense_moe_agree():
   np.testing.assert_array_equal(np.asarray(a.moe["topk_idx_LxNxK"]), np.asarray(b.moe["topk_idx_LxNxK"]))
   np.testing.assert_allclose(np.asarray(a.moe["load_LxE"]), np.asarray(b.moe["load_LxE"]), atol=1e-6)
 
-  def grads(model):  # d(mean log-likelihood of random next tokens) / d(params): the training path
+  def grads(model):  # d(mean negative log-likelihood of the next tokens) / d(params): the training path
     gdef, state = nnx.split(model, nnx.Param)
     tgt = jnp.asarray(np.roll(tok, -1, axis=1))
 
