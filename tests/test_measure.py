@@ -20,7 +20,7 @@ from tests import hf_fixtures as F  # noqa: E402
 
 N, T = 64, 32
 RTOL = 1e-4
-CFG = measure.MeasureConfig(chunk=48, n_detect=3, null_draws=500, keep_rows=True)  # 64 = 48 + padded 16
+CFG = measure.MeasureConfig(chunk=48, main_chunk=48, n_detect=3, null_draws=500, keep_rows=True)  # 64 = 48 + padded 16
 CLASSES = ("induction", "duplicate", "previous", "self", "first", "local")
 
 

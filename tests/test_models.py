@@ -179,6 +179,29 @@ def test_attn_stats_match_float64_reference(family_model):
     np.testing.assert_allclose(np.asarray(stats[name]), ref[name], atol=1e-5, rtol=0, err_msg=name)
 
 
+@pytest.mark.parametrize("attention", ["softmax", "gated", "sigmoid"])
+def test_capture_only_equals_full_forward(family_model, attention):
+  """capture_only (the last layer at the query rows alone, no MLP after it, no unembedding) captures the same
+  rows and z as the full forward, at random query positions; it refuses what it cannot compute."""
+  cfg, model = family_model
+  if attention != "softmax":  # the gate starts at zero: draw every parameter, the gate's included
+    cfg = cfg.replace(attention=attention)
+    model = random_model(cfg, seed=3)
+  tok, qp = tokens(cfg, b=4, t=12, seed=1), np.array([11, 5, 0, 7], np.int32)
+  graphdef, state = nnx.split(model)
+  full, only = jax.jit(lambda st, tk, q: tuple(
+      (lambda o: (o.rows_BxLxHxS, o.z_BxLxHxK, o.logits_BxTxV))(
+          nnx.merge(graphdef, st)(tk, query_pos_B=q, capture_only=c)) for c in (False, True)))(state, tok, qp)
+  assert only[2] is None
+  assert np.abs(np.asarray(full[0])[:, -1]).max() > 0.05  # the last layer's rows are not trivially zero
+  for a, b, name in zip(full[:2], only[:2], ("rows", "z")):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5, err_msg=name)
+  with pytest.raises(ValueError, match="capture_only"):
+    model(tok, query_pos_B=qp, stats=True, capture_only=True)
+  with pytest.raises(ValueError, match="query_pos_B"):
+    model(tok, capture_only=True)
+
+
 def test_head_scale_zero_equals_zeroed_weights(family_model):
   """head_scale_LxH = 0 for one head == zeroing that head's slice of the output projection."""
   cfg, model = family_model

@@ -6,6 +6,7 @@ A family supplies its block (how attention and MLP are composed) and its norm.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -19,7 +20,7 @@ from circuits.models.config import ModelConfig
 
 @struct.dataclass
 class ModelOutput:
-  logits_BxTxV: jax.Array
+  logits_BxTxV: jax.Array | None  # None for capture_only calls
   attn_stats: dict | None = None  # name -> [L, H] (circuits.diagnostics.ATTN_REDUCTIONS)
   rows_BxLxHxS: jax.Array | None = None  # attention rows at query_pos_B
   z_BxLxHxK: jax.Array | None = None  # pre-output-projection vectors at query_pos_B
@@ -45,7 +46,7 @@ class LM(nnx.Module):
 
   def __call__(self, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None, stats: bool = False,
                query_pos_B=None, head_scale_LxH=None, head_replace_LxHxK=None, replace_mask_LxH=None,
-               extremes: bool = False, patterns_BxPxTxS=None) -> ModelOutput:
+               extremes: bool = False, patterns_BxPxTxS=None, capture_only: bool = False) -> ModelOutput:
     """Logits, and on request per-head statistics, query-row captures and head ablations.
 
     segment_ids_BxT: when given, attention is masked between packed documents (positions should then
@@ -53,8 +54,13 @@ class LM(nnx.Module):
     zero ablation); replace_mask_LxH swaps z for head_replace_LxHxK at every position (mean ablation).
     Captured z is taken before its own layer's ablation. patterns_BxPxTxS: 0/1 key patterns whose attention
     mass sum_{t,s} A[t, s] * pattern[t, s] is returned per example, layer, pattern and head.
+    capture_only: return only the captures at query_pos_B (rows and z; logits None) and compute no more
+    than they need: the last layer's attention at the query rows alone, no last MLP, no unembedding.
     """
     cfg = self.cfg
+    if capture_only and (query_pos_B is None or stats or extremes or patterns_BxPxTxS is not None):
+      raise ValueError("capture_only computes the query rows of the last layer only: it needs query_pos_B "
+                       "and returns no stats, extremes or pattern sums (ask for those without capture_only)")
     b, t = tokens_BxT.shape
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -67,6 +73,11 @@ class LM(nnx.Module):
           head_scale_H=None if head_scale_LxH is None else head_scale_LxH[i],
           head_replace_HxK=None if head_replace_LxHxK is None else head_replace_LxHxK[i],
           replace_mask_H=None if replace_mask_LxH is None else replace_mask_LxH[i])
+      if capture_only and i == cfg.n_layers - 1:  # every family's block opens with attn(ln1(x))
+        _, a_aux = block.attn(block.ln1(x_BxTxD), positions_BxT, mask_BxTxS,
+                              dataclasses.replace(probe, query_rows_only=True))
+        attn_aux.append(a_aux)
+        break
       x_BxTxD, a_aux, m_aux = block(x_BxTxD, positions_BxT, mask_BxTxS, probe)
       attn_aux.append(a_aux)
       if m_aux is not None:
@@ -75,8 +86,10 @@ class LM(nnx.Module):
         ax = jnp.abs(x_BxTxD.astype(jnp.float32))
         ext.append({"resid_absmax_L": ax.max(), "resid_absmedian_L": jnp.median(ax),
                     "v_norm_first_LxG": a_aux["v_norm_first_G"], "v_norm_mean_LxG": a_aux["v_norm_mean_G"]})
-    logits_BxTxV = self.final_norm(x_BxTxD) @ self.unembed[...].astype(x_BxTxD.dtype)
-    out: dict[str, Any] = {"logits_BxTxV": logits_BxTxV.astype(jnp.float32)}
+    out: dict[str, Any] = {"logits_BxTxV": None}
+    if not capture_only:
+      logits_BxTxV = self.final_norm(x_BxTxD) @ self.unembed[...].astype(x_BxTxD.dtype)
+      out["logits_BxTxV"] = logits_BxTxV.astype(jnp.float32)
     if stats:
       out["attn_stats"] = _stack([a["stats"] for a in attn_aux])
     if query_pos_B is not None:
