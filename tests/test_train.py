@@ -7,10 +7,13 @@ import os
 import numpy as np
 import pytest
 
+from circuits.discovery.measure import MeasureConfig, measure_revision
+from circuits.discovery.revisions import model_from_params
 from circuits.models import ConfigError
 from circuits.train import NonFiniteLossError, WorkdirError, read_index, restore_params, train
 from circuits.train import config as config_lib
 from circuits.train.data import SyntheticRepeatSource
+from circuits.train.step import probe_batch
 from configs.families import family_config
 
 
@@ -59,6 +62,17 @@ def test_family_run_writes_everything(family, tmp_path):
   assert [(m["step"], m["tokens_seen"]) for m in index] == [(st, st * 128) for st in s["checkpoints"]]
   params, meta = restore_params(str(tmp_path), 4)
   assert meta["step"] == 4 and params["embed"]["embedding"].shape == (c.model.vocab_size, 32)
+  # the in-loop probe (captures only) and the offline discovery pass agree on checkpoint 4's parameters
+  _, model_cfg = config_lib.validate(c)
+  pb = probe_batch(c, model_cfg)
+  tok, ab = pb["tokens_NxT"], pb["ab_N"]
+  n, t = tok.shape
+  probe = dict(tokens_NxT=tok, ab_N=ab, query_pos_N=np.full(n, t - 1), target_N=tok[np.arange(n), ab + 1])
+  df, _ = measure_revision(model_from_params(model_cfg, params), probe, revision="step4", step=4, tokens=512.0,
+                           cfg=MeasureConfig(n_detect=0, null_draws=5), baseline_pos_P=pb["baseline_P"])
+  for k in ("sel_induction", "sel_first", "pr"):
+    offline = df[k].to_numpy().reshape(L, H)
+    np.testing.assert_allclose(np.asarray(rows[4][f"probe/{k}"], float), offline, rtol=1e-4, atol=1e-6, err_msg=k)
 
 
 class NaNAt:

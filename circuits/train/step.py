@@ -126,7 +126,8 @@ def make_step(graphdef, model_cfg: ModelConfig, tx, schedule: optax.Schedule, op
     model = nnx.merge(graphdef, params)
     tokens_NxT = probe["tokens_NxT"]
     n, t = tokens_NxT.shape
-    out = model(tokens_NxT, query_pos_B=jnp.full((n,), t - 1, jnp.int32))
+    # captures only: the last layer at the query row, no last MLP and no unembedding (the probe needs no logits)
+    out = model(tokens_NxT, query_pos_B=jnp.full((n,), t - 1, jnp.int32), capture_only=True)
     sel = diagnostics.selectivity(out.rows_BxLxHxS, probe["ab_N"], probe["baseline_P"], t - 1)
     res = {k: sel[k] for k in PROBE_SEL}
     res.update(diagnostics.participation_ratio(out.z_BxLxHxK))
