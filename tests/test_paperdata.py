@@ -5,6 +5,7 @@ Where the text and the data disagree, the test pins what the DATA says and the d
 differs; definitions are not bent to make the text come out.
 """
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,8 +131,13 @@ def test_launch_paperdata_report(tmp_path):
   """launch.paperdata writes the three tables, summary.json, paper_claims.json and the report with its
   'Where the paper's text and its data disagree' section."""
   import json
-  from launch import paperdata as LP
-  LP.run(tmp_path)
+  import subprocess
+  import sys
+  # a subprocess, as users run it: launch modules define absl flags at import (launch.convert, imported by
+  # tests/test_convert.py, defines --out too, and xdist may put both tests in one process)
+  root = Path(__file__).resolve().parents[1]
+  subprocess.run([sys.executable, "-m", "launch.paperdata", "--out", str(tmp_path)], cwd=root, check=True,
+                 capture_output=True, timeout=600)
   assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["olmo.csv", "olmoe.csv", "pythia1b.csv"]
   claims = json.loads((tmp_path / "paper_claims.json").read_text())
   assert {c["finding"] for c in claims if c["agrees"] is False} == {"F3", "F4", "PR integral"}
