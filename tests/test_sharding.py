@@ -1,7 +1,7 @@
 """Sharding on 8 fake CPU devices (a subprocess: XLA_FLAGS must precede the jax import).
 
-5 steps per family on 1 device and on (data, fsdp, tensor) = (8,1,1), (2,4,1), (2,2,2): losses equal within
-1e-5, params within 1e-4. Then a reduced config's step is compiled from abstract inputs on an fsdp=8 mesh
+5 steps per family (one test and subprocess each) on 1 device and on (data, fsdp, tensor) = (8,1,1),
+(2,4,1), (2,2,2): losses equal within 1e-5, params within 1e-4. Then a reduced config's step is compiled from abstract inputs on an fsdp=8 mesh
 (launch/memory_1b.py does the 1B configs) and reports memory.
 """
 
@@ -10,10 +10,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r'''
-import os, json
+import os, json, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax, numpy as np
 from configs.families import family_config
@@ -22,7 +24,7 @@ from circuits.train.data import SyntheticRepeatSource
 assert len(jax.devices()) == 8
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2)]
 out = {}
-for fam in ("pythia", "olmo", "olmoe"):
+for fam in sys.argv[1:2]:
   runs = []
   for d, f, t in MESHES:
     c = family_config(fam, "tiny")
@@ -54,24 +56,28 @@ for fam in ("pythia", "olmo", "olmoe"):
     ds = float(np.max(np.abs(np.asarray(ref["sel"]) - np.asarray(r["sel"])) / np.maximum(np.abs(np.asarray(ref["sel"])), 1))) if ref["sel"] else 0.0
     res.append(dict(mesh=mesh, dloss=dl, dparam=dp, dsel=ds))
   out[fam] = res
-from launch.memory_1b import compile_memory
-c = family_config("olmoe", "tiny")
-c.model.update(d_model=32, d_ff=64)
-c.mesh.update(data=1, fsdp=8)
-out["memory"] = compile_memory(c)
+if fam == "olmoe":
+  from launch.memory_1b import compile_memory
+  c = family_config("olmoe", "tiny")
+  c.model.update(d_model=32, d_ff=64)
+  c.mesh.update(data=1, fsdp=8)
+  out["memory"] = compile_memory(c)
 print("RESULT " + json.dumps(out))
 '''
 
 
-def test_meshes_agree_and_abstract_compile():
+@pytest.mark.parametrize("fam", ["pythia", "olmo", "olmoe"])  # one subprocess each: xdist spreads them
+def test_meshes_agree_and_abstract_compile(fam):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
-  p = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  p = subprocess.run([sys.executable, "-c", SCRIPT, fam], cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=600)
   assert p.returncode == 0, p.stderr[-4000:]
   out = json.loads(p.stdout.split("RESULT ", 1)[1])
-  for fam in ("pythia", "olmo", "olmoe"):
-    for r in out[fam]:
-      assert r["dloss"] <= 1e-5 and r["dparam"] <= 1e-4, (fam, r)
-      assert r["dsel"] <= 1e-3, (fam, r)
-  mem = out["memory"]
-  assert mem["mesh"]["fsdp"] == 8 and mem["argument_gib"] > 0 and mem["temp_gib"] >= 0
+  assert len(out[fam]) == 4
+  for r in out[fam]:
+    assert r["dloss"] <= 1e-5 and r["dparam"] <= 1e-4, (fam, r)
+    assert r["dsel"] <= 1e-3, (fam, r)
+  if fam == "olmoe":
+    mem = out["memory"]
+    assert mem["mesh"]["fsdp"] == 8 and mem["argument_gib"] > 0 and mem["temp_gib"] >= 0
