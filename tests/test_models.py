@@ -193,7 +193,6 @@ def test_capture_only_equals_full_forward(family_model, attention):
       (lambda o: (o.rows_BxLxHxS, o.z_BxLxHxK, o.logits_BxTxV))(
           nnx.merge(graphdef, st)(tk, query_pos_B=q, capture_only=c)) for c in (False, True)))(state, tok, qp)
   assert only[2] is None
-  assert np.abs(np.asarray(full[0])[:, -1]).max() > 0.05  # the last layer's rows are not trivially zero
   for a, b, name in zip(full[:2], only[:2], ("rows", "z")):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5, err_msg=name)
   with pytest.raises(ValueError, match="capture_only"):

@@ -172,6 +172,9 @@ class Attention(nnx.Module):
     b, t, _ = x_BxTxD.shape
     xq_BxQxD, qpos_BxQ, qmask_BxQxS = x_BxTxD, positions_BxT, mask_BxTxS
     if probe.query_rows_only:  # one query row per example (discovery's last layer): q there, k and v everywhere
+      if probe.stats or probe.patterns_BxPxTxS is not None or probe.query_pos_B is None:
+        raise ValueError("query_rows_only needs query_pos_B and computes no stats or pattern sums (they need "
+                         "every query row)")
       idx_B = jnp.arange(b)
       xq_BxQxD = x_BxTxD[idx_B, probe.query_pos_B][:, None]
       qpos_BxQ = positions_BxT[idx_B, probe.query_pos_B][:, None]
