@@ -1,7 +1,11 @@
 """Attention and routing diagnostics: pure jnp functions.
 
-Called inside the attention op of every training step AND by the discovery jobs, so online and offline
-numbers agree by construction. Legend: B batch, H heads, T queries, S keys, E experts, N tokens.
+Called inside the attention op and the probe of every training step AND by the discovery jobs, so online
+and offline numbers agree by construction: each measurement is written once here. Where discovery adds up
+chunks of examples, the measurement is written in a sums form (`row_mass_sums`, `selectivity_sums`) and
+the mean is derived from it (`row_mass`, `selectivity_from_sums`, `selectivity`).
+Legend: B batch, H heads, T queries, S keys, E experts, N tokens (probe examples in the probe section),
+L layers, P baseline positions or detector masks, D null draws, K head_dim.
 """
 
 from __future__ import annotations
@@ -88,31 +92,61 @@ def class_targets(ab_N, seq_len: int):
   }
 
 
-def row_mass(rows_NxLxHxS, pos_Nxm):
-  """Mean over examples (and over the m positions) of the attention on pos: [L, H]."""
+def row_mass_sums(rows_NxLxHxS, pos_Nxm):
+  """Sum over the N examples of each example's mean attention on its m positions pos[n]: [L, H], fp32.
+
+  The sums form of row_mass, so chunks of examples add up (discovery's scan) before one division by N.
+  """
   rows_NxSxLxH = jnp.moveaxis(rows_NxLxHxS.astype(jnp.float32), -1, 1)
   picked_NxmxLxH = jnp.take_along_axis(rows_NxSxLxH, pos_Nxm[:, :, None, None], axis=1)
-  return picked_NxmxLxH.mean(axis=(0, 1))
+  return picked_NxmxLxH.mean(axis=1).sum(axis=0)
 
 
-def selectivity(rows_NxLxHxS, ab_N, baseline_pos_P, query_pos: int) -> dict:
-  """Six-class selectivities with both baselines, each [L, H], in fp32.
+def row_mass(rows_NxLxHxS, pos_Nxm):
+  """Mean over examples (and over the m positions) of the attention on pos: [L, H] (row_mass_sums / N)."""
+  return row_mass_sums(rows_NxLxHxS, pos_Nxm) / rows_NxLxHxS.shape[0]
 
-  sel_<c> = mean_n A[target_c] / (mean attention at the fixed baseline positions) — the paper code's
-  baseline; sel_<c>_uniform = mean_n A[target_c] / (1 / (q + 1)) — the paper text's uniform baseline.
-  The division is guarded (baseline floored at the smallest normal fp32).
+
+def selectivity_sums(rows_NxLxHxS, ab_N, baseline_pos_P, null_pos_NxD=None) -> dict:
+  """The sums that selectivity is made of, over the N examples (chunks of examples add up), fp32:
+
+  <c> for c in CLASSES: row_mass_sums at the class targets (class_targets, query q = T-1), [L, H];
+  baseline: row_mass_sums at the P fixed baseline positions (every example), [L, H];
+  null_DxLxH (with null_pos_NxD): row_mass_sums at one random key per example, for each of D draws, [D, L, H].
   """
   n, _, _, s = rows_NxLxHxS.shape
   targets = class_targets(ab_N, s)
-  base_LxH = row_mass(rows_NxLxHxS, jnp.broadcast_to(baseline_pos_P, (n, baseline_pos_P.shape[0])))
-  base_LxH = jnp.maximum(base_LxH, jnp.finfo(jnp.float32).tiny)
+  out = {c: row_mass_sums(rows_NxLxHxS, targets[c]) for c in CLASSES}
+  out["baseline"] = row_mass_sums(rows_NxLxHxS, jnp.broadcast_to(baseline_pos_P, (n, baseline_pos_P.shape[0])))
+  if null_pos_NxD is not None:
+    out["null_DxLxH"] = jax.vmap(row_mass_sums, in_axes=(None, 1))(rows_NxLxHxS, null_pos_NxD[:, :, None])
+  return out
+
+
+def selectivity_from_sums(sums: dict, n, query_pos: int) -> dict:
+  """Six-class selectivities with both baselines, each [L, H], from selectivity_sums over n examples.
+
+  sel_<c> = mean_n A[target_c] / (mean attention at the fixed baseline positions) -- the paper code's
+  baseline; sel_<c>_uniform = mean_n A[target_c] / (1 / (q + 1)) -- the paper text's uniform baseline.
+  With sums["null_DxLxH"]: null_sel_DxLxH, the paper-baseline selectivity of each null draw [D, L, H].
+  The division is guarded (baseline floored at the smallest normal fp32).
+  """
+  base_LxH = jnp.maximum(jnp.asarray(sums["baseline"]) / n, jnp.finfo(jnp.float32).tiny)
   uniform = 1.0 / (query_pos + 1)
   out = {}
   for c in CLASSES:
-    mass_LxH = row_mass(rows_NxLxHxS, targets[c])
+    mass_LxH = jnp.asarray(sums[c]) / n
     out[f"sel_{c}"] = mass_LxH / base_LxH
     out[f"sel_{c}_uniform"] = mass_LxH / uniform
+  if "null_DxLxH" in sums:
+    out["null_sel_DxLxH"] = (jnp.asarray(sums["null_DxLxH"]) / n) / base_LxH[None]
   return out
+
+
+def selectivity(rows_NxLxHxS, ab_N, baseline_pos_P, query_pos: int) -> dict:
+  """selectivity_from_sums of the N rows [N, L, H, S] at the query (the in-loop probe's form)."""
+  return selectivity_from_sums(selectivity_sums(rows_NxLxHxS, ab_N, baseline_pos_P), rows_NxLxHxS.shape[0],
+                               query_pos)
 
 
 def participation_ratio(z_NxLxHxK) -> dict:
@@ -125,83 +159,62 @@ def participation_ratio(z_NxLxHxK) -> dict:
   s_LxHxR = jnp.linalg.svd(m_LxHxNxK, compute_uv=False)
   s2 = jnp.square(s_LxHxR)
   total = jnp.maximum(s2.sum(-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
-  p = s2 / total
-  ent = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), -1)
-  return {"pr": jnp.exp(ent), "pr_classic": jnp.square(s2.sum(-1)) / jnp.maximum(jnp.square(s2).sum(-1),
-                                                                                   jnp.finfo(jnp.float32).tiny)}
+  pr_classic = jnp.square(s2.sum(-1)) / jnp.maximum(jnp.square(s2).sum(-1), jnp.finfo(jnp.float32).tiny)
+  return {"pr": jnp.exp(entropy_rows(s2 / total)), "pr_classic": pr_classic}
 
 
 # ----- "around the paper" measurements (discovery; METHODS.md) -----
 
-# TransformerLens-style detector patterns, in table-column order (`tl_<name>`).
+# TransformerLens-style detector patterns, in table-column order (`tl_<name>`), and the masks of detector_masks.
 DETECTORS = ("previous", "duplicate", "induction")
+DETECTOR_MASKS = DETECTORS + ("kept", "gu")
 
 
-def detector_patterns(tokens_NxT, query_pos_NxQ) -> dict:
-  """TransformerLens detection patterns (0/1) of the rows at query_pos, each [N, Q, S] bool (S = T keys).
+def detector_masks(tokens_NxT, exclude_bos: bool = False, exclude_current_token: bool = False,
+                   gu_k: int = 0):
+  """The 0/1 key masks [N, 5, T, S] (every query t of each prompt, S = T keys; DETECTOR_MASKS order) whose
+  attention mass sum_{t, s} A[t, s] * mask[t, s] per prompt makes the TL detector scores and Gu's alpha.
 
-  previous: key s = q-1; duplicate: s < q and tok[s] == tok[q]; induction: 1 <= s < q and
-  tok[s-1] == tok[q] (TL's duplicate pattern shifted one key right, strictly below the diagonal).
+  kept: TL's exclusions (exclude_bos: key 0 dropped; exclude_current_token: key t dropped), the denominator;
+  previous: s = t-1; duplicate: s < t and tok[s] == tok[t]; induction: 1 <= s < t and tok[s-1] == tok[t]
+  (TL's duplicate pattern shifted one key right, strictly below the diagonal) -- each AND kept;
+  gu: key gu_k on rows t >= gu_k (no exclusions). The model reduces its attention against these inside
+  the attention op (`patterns_BxPxTxS`), so no [T, S] pattern leaves it; detector_scores reads the masses.
   """
-  t = tokens_NxT.shape[1]
-  s_S = jnp.arange(t)
-  q_NxQx1 = query_pos_NxQ[..., None]
-  tok_q_NxQx1 = jnp.take_along_axis(tokens_NxT, query_pos_NxQ, axis=1)[..., None]
-  same_NxQxS = tokens_NxT[:, None, :] == tok_q_NxQx1
-  prev_tok_NxS = jnp.concatenate([jnp.full_like(tokens_NxT[:, :1], -1), tokens_NxT[:, :-1]], axis=1)
-  below_NxQxS = s_S < q_NxQx1
-  return {
-      "previous": s_S == q_NxQx1 - 1,
-      "duplicate": below_NxQxS & same_NxQxS,
-      "induction": below_NxQxS & (s_S >= 1) & (prev_tok_NxS[:, None, :] == tok_q_NxQx1),
-  }
-
-
-def detector_sums(rows_NxQxLxHxS, tokens_NxT, query_pos_NxQ, exclude_bos: bool = False,
-                  exclude_current_token: bool = False) -> dict:
-  """Per-example numerator and denominator of the TL detector scores over the captured query rows.
-
-  After TL's exclusions (exclude_bos: attention on key 0 set to 0; exclude_current_token: attention on
-  key q set to 0), num = sum_{q, s} A[q, s] * pattern[q, s], den = sum_{q, s} A[q, s]. Returns
-  {name: (num_NxLxH, den_NxLxH)}; summing over chunks of query positions and dividing gives TL's
-  `compute_head_attention_similarity_score` (error_measure="mul") of one prompt.
-  """
-  a = rows_NxQxLxHxS.astype(jnp.float32)
-  s_S = jnp.arange(a.shape[-1])
-  keep_NxQxS = jnp.ones(query_pos_NxQ.shape + (a.shape[-1],), bool)
+  n, t = tokens_NxT.shape
+  s_S, t_Tx1 = jnp.arange(t), jnp.arange(t)[:, None]
+  kept_NxTxS = jnp.ones((n, t, t), bool)
   if exclude_bos:
-    keep_NxQxS = keep_NxQxS & (s_S != 0)
+    kept_NxTxS = kept_NxTxS & (s_S != 0)
   if exclude_current_token:
-    keep_NxQxS = keep_NxQxS & (s_S != query_pos_NxQ[..., None])
-  a = a * keep_NxQxS[:, :, None, None, :]
-  den_NxLxH = a.sum(axis=(1, 4))
-  pats = detector_patterns(tokens_NxT, query_pos_NxQ)
-  return {n: (jnp.einsum("nqlhs,nqs->nlh", a, pats[n].astype(jnp.float32)), den_NxLxH) for n in DETECTORS}
+    kept_NxTxS = kept_NxTxS & (s_S != t_Tx1)
+  same_NxTxS = tokens_NxT[:, None, :] == tokens_NxT[:, :, None]
+  prev_tok_NxS = jnp.concatenate([jnp.full_like(tokens_NxT[:, :1], -1), tokens_NxT[:, :-1]], axis=1)
+  below_TxS = s_S < t_Tx1
+  pats = {
+      "previous": jnp.broadcast_to(s_S == t_Tx1 - 1, (n, t, t)),
+      "duplicate": below_TxS & same_NxTxS,
+      "induction": below_TxS & (s_S >= 1) & (prev_tok_NxS[:, None, :] == tokens_NxT[:, :, None]),
+  }
+  gu_TxS = (s_S == gu_k) & (t_Tx1 >= gu_k)
+  return jnp.stack([pats[d] & kept_NxTxS for d in DETECTORS] + [kept_NxTxS, jnp.broadcast_to(gu_TxS, (n, t, t))],
+                   axis=1)
 
 
-def detector_scores(rows_NxQxLxHxS, tokens_NxT, query_pos_NxQ, exclude_bos: bool = False,
-                    exclude_current_token: bool = False) -> dict:
-  """TL detector scores `tl_<name>` [L, H]: per prompt, the fraction of (kept) attention on the 0/1
-  pattern (detector_sums num / den, 0 where den == 0), averaged over the N prompts (as TL's detect_head).
-  The rows must cover every query of interest of each prompt (all T for TL's exact number)."""
-  out = {}
-  for n, (num, den) in detector_sums(rows_NxQxLxHxS, tokens_NxT, query_pos_NxQ, exclude_bos,
-                                     exclude_current_token).items():
-    out[f"tl_{n}"] = jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0).mean(0)
+def detector_scores(mass_NxLxPxH, seq_len: int, gu_k: int = 0) -> dict:
+  """TL detector scores and Gu's alpha, each [L, H], from the per-prompt masses on detector_masks
+  (P = 5 in DETECTOR_MASKS order, summed over all T queries of each of the N prompts):
+
+  tl_<name>: per prompt, the kept attention on the pattern over all kept attention (0 where none is kept),
+  averaged over the N prompts (TransformerLens detect_head, error_measure "mul");
+  gu_alpha: Gu et al. alpha_h = mean over prompts and rows t >= k of A[t, k].
+  """
+  m = jnp.asarray(mass_NxLxPxH, jnp.float32)
+  den_NxLxH = m[:, :, DETECTOR_MASKS.index("kept")]
+  out = {f"tl_{d}": jnp.where(den_NxLxH > 0, m[:, :, i] / jnp.where(den_NxLxH > 0, den_NxLxH, 1.0), 0.0).mean(0)
+         for i, d in enumerate(DETECTORS)}
+  out["gu_alpha"] = m[:, :, DETECTOR_MASKS.index("gu")].sum(0) / max(m.shape[0] * (seq_len - gu_k), 1)
   return out
-
-
-def sink_alpha_sums(rows_NxQxLxHxS, query_pos_NxQ, k: int = 0):
-  """(sum over rows with q >= k of A[q, k]) as [L, H], and the number of such rows (scalar)."""
-  use_NxQ = (query_pos_NxQ >= k).astype(jnp.float32)
-  a_NxQxLxH = rows_NxQxLxHxS[..., k].astype(jnp.float32)
-  return jnp.einsum("nqlh,nq->lh", a_NxQxLxH, use_NxQ), use_NxQ.sum()
-
-
-def sink_alpha(rows_NxQxLxHxS, query_pos_NxQ, k: int = 0):
-  """Gu et al. sink metric alpha_h = mean_{t >= k} A[t, k] over the captured rows: [L, H]."""
-  s, c = sink_alpha_sums(rows_NxQxLxHxS, query_pos_NxQ, k)
-  return s / jnp.maximum(c, 1.0)
 
 
 def sink_rate(alpha_LxH, eps: float = 0.3):

@@ -152,19 +152,22 @@ def test_planted_heads_are_classified_exactly():
 
 
 def test_detectors_on_planted_full_patterns():
-  """Full rows of a previous-token head and a pure induction head score 1 on their own detector."""
+  """Full rows of a previous-token head and a pure induction head score 1 on their own detector. The masses
+  on the masks are reduced here as the attention op reduces them (sum_{t,s} A[t, s] * mask[t, s])."""
   t = 12
   tok = np.array([[5, 6, 7, 8, 9, 10, 5, 6, 7, 8, 9, 10]])
-  q = np.arange(t)[None]
-  prev = np.zeros((1, t, 1, 2, t), np.float32)
+  rows = np.zeros((1, 1, 2, t, t), np.float32)  # [N, L, H, T, S]
   for i in range(t):
-    prev[0, i, 0, 0, max(i - 1, 0)] = 1.0
-    prev[0, i, 0, 1, (i - 5) if i >= 6 else 0] = 1.0  # induction: token after the earlier copy
-  s = D.detector_scores(prev, tok, q, exclude_bos=True)
+    rows[0, 0, 0, i, max(i - 1, 0)] = 1.0
+    rows[0, 0, 1, i, (i - 5) if i >= 6 else 0] = 1.0  # induction: token after the earlier copy
+  masks = np.asarray(D.detector_masks(tok, exclude_bos=True))
+  assert masks.shape == (1, len(D.DETECTOR_MASKS), t, t) and not masks[0, D.DETECTOR_MASKS.index("kept"), :, 0].any()
+  mass = np.einsum("nlhts,npts->nlph", rows, masks.astype(np.float32))
+  s = D.detector_scores(mass, t)
   np.testing.assert_allclose(np.asarray(s["tl_previous"])[0, 0], 1.0, rtol=1e-6)
   np.testing.assert_allclose(np.asarray(s["tl_induction"])[0, 1], 1.0, rtol=1e-6)
   assert float(np.asarray(s["tl_duplicate"])[0, 1]) == 0.0
-  alpha = D.sink_alpha(prev, q, 0)
+  alpha = s["gu_alpha"]  # Gu's alpha uses the raw rows (no TL exclusions): the induction head's 6 rows on key 0
   assert float(alpha[0, 1]) == pytest.approx(6 / t) and float(D.sink_rate(alpha, 0.3)) == 50.0
 
 

@@ -84,53 +84,34 @@ def _pad(x, b: int):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _capture_scan(graphdef, keep_rows: bool, state, tokens_CxBxT, qpos_CxB, valid_CxB, targets: dict, base_P,
+def _capture_scan(graphdef, keep_rows: bool, state, tokens_CxBxT, qpos_CxB, valid_CxB, ab_CxB, base_P,
                   null_CxBxD):
-  """The whole main pass in one call: a scan over C chunks of B examples. Returns the sums over valid
-  examples of the class masses, baseline mass and null masses, z [C, B, L, H, K] and, with keep_rows, the
+  """The whole main pass in one call: a scan over C chunks of B examples. Returns diagnostics.selectivity_sums
+  over the valid examples (class, baseline and null masses), z [C, B, L, H, K] and, with keep_rows, the
   rows [C, B, L, H, S]. Each chunk runs the model with capture_only (the last layer at the query rows)."""
   model = nnx.merge(graphdef, state)
 
   def chunk(acc, xs):
-    tokens_BxT, qpos_B, valid_B, tgt, null_BxD = xs
+    tokens_BxT, qpos_B, valid_B, ab_B, null_BxD = xs
     out = model(tokens_BxT, query_pos_B=qpos_B, capture_only=True)
     rows = out.rows_BxLxHxS.astype(jnp.float32) * valid_B[:, None, None, None]
-    b = tokens_BxT.shape[0]
-    sums = {c: D.row_mass(rows, pos) * b for c, pos in tgt.items()}
-    sums["_base"] = D.row_mass(rows, jnp.broadcast_to(base_P, (b, base_P.shape[0]))) * b
-    rows_BxSxLxH = jnp.moveaxis(rows, -1, 1)
-    sums["_null_DxLxH"] = jnp.take_along_axis(rows_BxSxLxH, null_BxD[:, :, None, None], axis=1).sum(0)
-    acc = jax.tree.map(jnp.add, acc, sums)
+    acc = jax.tree.map(jnp.add, acc, D.selectivity_sums(rows, ab_B, base_P, null_BxD))
     return acc, (out.z_BxLxHxK, out.rows_BxLxHxS if keep_rows else None)
 
-  l, h = len(model.blocks), model.cfg.n_heads
-  d = null_CxBxD.shape[-1]
-  acc0 = {c: jnp.zeros((l, h), jnp.float32) for c in list(targets) + ["_base"]}
-  acc0["_null_DxLxH"] = jnp.zeros((d, l, h), jnp.float32)
-  return jax.lax.scan(chunk, acc0, (tokens_CxBxT, qpos_CxB, valid_CxB, targets, null_CxBxD))
+  b, t = tokens_CxBxT.shape[1:]
+  rows0 = jax.ShapeDtypeStruct((b, len(model.blocks), model.cfg.n_heads, t), jnp.float32)
+  acc0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                      jax.eval_shape(D.selectivity_sums, rows0, ab_CxB[0], base_P, null_CxBxD[0]))
+  return jax.lax.scan(chunk, acc0, (tokens_CxBxT, qpos_CxB, valid_CxB, ab_CxB, null_CxBxD))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
 def _detect_chunk(graphdef, state, tokens_BxT, exclude_bos, exclude_current, gu_k):
-  """TL detector and Gu sums of every query row, reduced inside the attention op (one forward pass).
-
-  Patterns (P = 5, over all T queries): previous, duplicate, induction (each times the TL keep mask),
-  the keep mask itself (the TL denominator) and Gu's column k on rows q >= k. Returns [B, L, 5, H].
-  """
-  b, t = tokens_BxT.shape
-  q_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-  pats = D.detector_patterns(tokens_BxT, q_BxT)
-  s_S = jnp.arange(t)
-  keep_BxTxS = jnp.ones((b, t, t), bool)
-  if exclude_bos:
-    keep_BxTxS = keep_BxTxS & (s_S != 0)
-  if exclude_current:
-    keep_BxTxS = keep_BxTxS & (s_S[None, :] != jnp.arange(t)[:, None])
-  gu_TxS = (s_S[None, :] == gu_k) & (jnp.arange(t)[:, None] >= gu_k)
-  stack_BxPxTxS = jnp.stack([pats[n] & keep_BxTxS for n in D.DETECTORS] +
-                            [keep_BxTxS, jnp.broadcast_to(gu_TxS, (b, t, t))], axis=1)
+  """Attention mass on each of diagnostics.detector_masks (every query row), reduced inside the attention
+  op (one forward pass, no pattern leaves it): [B, L, 5, H]."""
+  masks_BxPxTxS = D.detector_masks(tokens_BxT, exclude_bos, exclude_current, gu_k)
   model = nnx.merge(graphdef, state)
-  return model(tokens_BxT, patterns_BxPxTxS=stack_BxPxTxS).pattern_sums_BxLxPxH
+  return model(tokens_BxT, patterns_BxPxTxS=masks_BxPxTxS).pattern_sums_BxLxPxH
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -169,7 +150,8 @@ def _as_probe(probe) -> dict:
 
 
 def capture(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig(), baseline_pos_P=None) -> dict:
-  """The main pass over the probe: sums of class/baseline/null masses, z_NxLxHxK [, rows_NxLxHxS]."""
+  """The main pass over the probe: diagnostics.selectivity_sums (class, baseline, null masses) over the N
+  examples, z_NxLxHxK [, rows_NxLxHxS]."""
   p = _as_probe(probe)
   tok, qpos, ab = p["tokens_NxT"].astype(np.int32), p["query_pos_N"].astype(np.int32), p["ab_N"]
   n, t = tok.shape
@@ -181,14 +163,12 @@ def capture(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig(), baseli
     baseline_pos_P = baseline_positions(t, n=min(50, t - 7))  # the paper: 50 at T = 256
   base_P = jnp.asarray(np.asarray(baseline_pos_P, np.int32))
   null_NxD = null_positions(ab, t, cfg.null_draws, cfg.null_seed)
-  targets = {c: np.asarray(v) for c, v in D.class_targets(jnp.asarray(ab), t).items()}
   b = min(default_chunk() if cfg.main_chunk is None else cfg.main_chunk, n)
   c = -(-n // b)
   valid = (np.arange(c * b) < n).astype(np.float32)
   as_chunks = lambda x: jnp.asarray(_pad(x, c * b).reshape((c, b) + x.shape[1:]))
   sums, (z, rows) = _capture_scan(graphdef, cfg.keep_rows, state, as_chunks(tok), as_chunks(qpos),
-                                  as_chunks(valid), {k: as_chunks(v) for k, v in targets.items()}, base_P,
-                                  as_chunks(null_NxD))
+                                  as_chunks(valid), as_chunks(ab.astype(np.int32)), base_P, as_chunks(null_NxD))
   flat = lambda x: np.asarray(x).reshape((c * b,) + x.shape[2:])[:n]
   out = {"sums": jax.device_get(sums), "n": n, "seq_len": t, "z_NxLxHxK": flat(z)}
   if cfg.keep_rows:
@@ -196,25 +176,11 @@ def capture(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig(), baseli
   return out
 
 
-def selectivities(sums: dict, n: int, query_pos: int) -> dict:
-  """sel_<c> and sel_<c>_uniform [L, H] from capture sums (same definitions as diagnostics.selectivity),
-  and the pooled null selectivities [D, L, H] (paper baseline)."""
-  base = np.maximum(sums["_base"] / n, np.finfo(np.float32).tiny)
-  out = {}
-  for c in D.CLASSES:
-    mass = sums[c] / n
-    out[f"sel_{c}"] = mass / base
-    out[f"sel_{c}_uniform"] = mass * (query_pos + 1)
-  out["_null_DxLxH"] = (sums["_null_DxLxH"] / n) / base[None]
-  return out
-
-
 def detectors(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig()) -> dict:
   """TL detector scores and Gu alpha [L, H] from the rows of every query position (0..T-1) of the first
   n_detect examples, reduced inside the attention op (no attention pattern leaves it).
 
-  tl_<name>: per prompt, the kept attention on the pattern over all kept attention (TL's detect_head,
-  error_measure "mul"), averaged over prompts; gu_alpha: mean over prompts and rows q >= k of A[q, k].
+  Definitions: diagnostics.detector_masks and diagnostics.detector_scores.
   """
   tok = _as_probe(probe)["tokens_NxT"].astype(np.int32)[:cfg.n_detect]
   n, t = tok.shape
@@ -222,11 +188,7 @@ def detectors(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig()) -> d
   sums = np.concatenate([np.asarray(_detect_chunk(graphdef, state, _pad(tok[i:i + b], b), cfg.exclude_bos,
                                                   cfg.exclude_current_token, cfg.gu_k))[:min(b, n - i)]
                          for i in range(0, n, b)])  # [N, L, 5, H]
-  den = sums[:, :, len(D.DETECTORS)]
-  out = {f"tl_{name}": np.where(den > 0, sums[:, :, i] / np.where(den > 0, den, 1.0), 0.0).mean(0)
-         for i, name in enumerate(D.DETECTORS)}
-  out["gu_alpha"] = sums[:, :, len(D.DETECTORS) + 1].sum(0) / max(n * (t - cfg.gu_k), 1)
-  return out
+  return {k: np.asarray(v) for k, v in D.detector_scores(sums, t, cfg.gu_k).items()}
 
 
 def icl(graphdef, state, natural, chunk: int = 64) -> dict:
@@ -240,7 +202,7 @@ def icl(graphdef, state, natural, chunk: int = 64) -> dict:
     j = min(i + b, n)
     losses.append(np.asarray(_loss_chunk(graphdef, state, _pad(tok[i:j], b)))[:j - i])
   loss_NxT = np.concatenate(losses)
-  return {"icl_score": float(loss_NxT[:, late].mean() - loss_NxT[:, early].mean()),
+  return {"icl_score": float(D.icl_score(loss_NxT, early, late)),
           "icl_pos_early": early, "icl_pos_late": late}
 
 
@@ -274,17 +236,17 @@ def measure_revision(model, probe, *, revision: str, step: int, tokens: float, n
   graphdef, state = split(model)
   cap = capture(graphdef, state, probe, cfg, baseline_pos_P)
   n, t = cap["n"], cap["seq_len"]
-  sel = selectivities(cap["sums"], n, t - 1)
+  sel = {k: np.asarray(v) for k, v in D.selectivity_from_sums(cap["sums"], n, t - 1).items()}
   z = cap["z_NxLxHxK"]
   l, h = z.shape[1], z.shape[2]
-  cols: dict[str, Any] = {k: v for k, v in sel.items() if not k.startswith("_")}
+  cols: dict[str, Any] = {k: v for k, v in sel.items() if k.startswith("sel_")}
   for i, size in enumerate(cfg.pr_sizes):
     m = min(size, n)
     pr = jax.device_get(_pr(jnp.asarray(z[:m])))
     suffix = "" if i == 0 else f"_{size}"
     cols[f"pr{suffix}"], cols[f"pr_classic{suffix}"] = pr["pr"], pr["pr_classic"]
     cols[f"pr{suffix}_examples" if suffix else "pr_examples"] = m
-  null = sel["_null_DxLxH"].reshape(-1)
+  null = sel["null_sel_DxLxH"].reshape(-1)
   p95, p99, pmax = np.percentile(null, 95), np.percentile(null, 99), null.max()
   best = np.max(np.stack([sel[f"sel_{c}"] for c in D.CLASSES]), axis=0)
   cols.update(null_sel_p95=p95, null_sel_p99=p99, null_sel_max=pmax,
@@ -336,7 +298,7 @@ def time_pass_vs_reference(model, hf_model, probe, *, batch_ref: int = 4, cfg: M
 
   def ours():
     cap = capture(graphdef, state, p, cfg)
-    selectivities(cap["sums"], cap["n"], cap["seq_len"] - 1)
+    jax.block_until_ready(D.selectivity_from_sums(cap["sums"], cap["n"], cap["seq_len"] - 1))
     jax.block_until_ready(_pr(jnp.asarray(cap["z_NxLxHxK"][:cfg.pr_sizes[0]])))
 
   t0 = time.perf_counter()
