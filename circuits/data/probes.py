@@ -8,6 +8,7 @@ local q-3..q-6).
 - `synthetic_induction_batch`: the paper's batch, bit-exact at the defaults (T=256, lo=100, hi=10000,
   RandomState(42), METHODS.md call order).
 - `baseline_positions`: the paper code's 50 fixed baseline positions (RandomState(0)).
+- `default_token_range`: the synthetic batch's token ids for a model's vocabulary (trainer and discovery).
 - `natural_induction_batch`: METHODS.md's rule on documents of exactly T tokens.
 - `combined_induction_batch`: the in-distribution probe for the PILOTS.md combined task.
 """
@@ -40,6 +41,15 @@ class ProbeBatch:
   def as_dict(self) -> dict:
     return dict(tokens_NxT=self.tokens_NxT, query_pos_N=self.query_pos_N, target_N=self.target_N,
                 ab_N=self.ab_N)
+
+
+def default_token_range(vocab_size: int) -> tuple[int, int]:
+  """The synthetic probe's token ids [lo, hi) when none are given (the trainer's in-loop probe and the
+  discovery sweep's default probe): the paper's [100, 10000) when the vocabulary has >= 10000 ids, else
+  [3, vocab_size) (ids 0-2 are pad/EOS/BOS in circuits.data.synthetic)."""
+  if vocab_size >= PAPER_HI:
+    return PAPER_LO, PAPER_HI
+  return synthetic.FIRST_ID, int(vocab_size)
 
 
 def ab_range(seq_len: int) -> tuple[int, int]:

@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
+from circuits.discovery.measure import as_probe, pad_rows
+
 NAN = float("nan")
 
 
@@ -58,17 +60,11 @@ def _chunks(probe: dict, chunk: int):
   tok, q, tgt = (np.asarray(probe[k], np.int32) for k in ("tokens_NxT", "query_pos_N", "target_N"))
   n = tok.shape[0]
   b = min(chunk, n)
-  pad = lambda x, m: x if len(x) == b else np.concatenate([x, np.repeat(x[:1], b - len(x), 0)])
   for i in range(0, n, b):
     j = min(i + b, n)
     valid = np.zeros(b, np.float32)
     valid[:j - i] = 1
-    yield pad(tok[i:j], b), pad(q[i:j], b), pad(tgt[i:j], b), valid
-
-
-def _as_probe(p, n_examples=None) -> dict:
-  d = p.as_dict() if hasattr(p, "as_dict") else dict(p)
-  return {k: np.asarray(d[k])[:n_examples] for k in ("tokens_NxT", "query_pos_N", "target_N")}
+    yield pad_rows(tok[i:j], b), pad_rows(q[i:j], b), pad_rows(tgt[i:j], b), valid
 
 
 def mean_z(graphdef, state, probe: dict, chunk: int = 64) -> np.ndarray:
@@ -139,7 +135,7 @@ def ablate_revision(model, probes: dict, sel_induction_LxH, *, revision: str, st
   ones, zeros_mask = np.ones((l, h), np.float32), np.zeros((l, h), bool)
   rows = []
   for pname, p in probes.items():
-    pd_ = _as_probe(p, n_examples)
+    pd_ = as_probe(p, n_examples, keys=("tokens_NxT", "query_pos_N", "target_N"))
     zm = (z_means or {}).get(pname)
     zm = mean_z(graphdef, state, pd_, chunk) if zm is None else np.asarray(zm, np.float32)
     base = dict(revision=str(revision), step=int(step), tokens=float(tokens), probe=pname,

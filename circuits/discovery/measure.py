@@ -75,8 +75,8 @@ def split(model):
   return nnx.split(model)
 
 
-def _pad(x, b: int):
-  """Pads axis 0 of `x` to b rows by repeating row 0."""
+def pad_rows(x, b: int):
+  """Pads axis 0 of `x` to b rows by repeating row 0 (the last chunk of a pass; padded rows are dropped)."""
   n = x.shape[0]
   if n == b:
     return x
@@ -144,15 +144,19 @@ def null_positions(ab_N, seq_len: int, draws: int = 500, seed: int = 0) -> np.nd
   return out
 
 
-def _as_probe(probe) -> dict:
+PROBE_KEYS = ("tokens_NxT", "query_pos_N", "target_N", "ab_N")
+
+
+def as_probe(probe, n_examples: Optional[int] = None, keys: tuple = PROBE_KEYS) -> dict:
+  """{key: numpy array} of a ProbeBatch or dict, its first n_examples examples (all when None)."""
   d = probe.as_dict() if hasattr(probe, "as_dict") else dict(probe)
-  return {k: np.asarray(d[k]) for k in ("tokens_NxT", "query_pos_N", "target_N", "ab_N")}
+  return {k: np.asarray(d[k])[:n_examples] for k in keys}
 
 
 def capture(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig(), baseline_pos_P=None) -> dict:
   """The main pass over the probe: diagnostics.selectivity_sums (class, baseline, null masses) over the N
   examples, z_NxLxHxK [, rows_NxLxHxS]."""
-  p = _as_probe(probe)
+  p = as_probe(probe)
   tok, qpos, ab = p["tokens_NxT"].astype(np.int32), p["query_pos_N"].astype(np.int32), p["ab_N"]
   n, t = tok.shape
   if not np.all(qpos == t - 1):
@@ -166,7 +170,7 @@ def capture(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig(), baseli
   b = min(default_chunk() if cfg.main_chunk is None else cfg.main_chunk, n)
   c = -(-n // b)
   valid = (np.arange(c * b) < n).astype(np.float32)
-  as_chunks = lambda x: jnp.asarray(_pad(x, c * b).reshape((c, b) + x.shape[1:]))
+  as_chunks = lambda x: jnp.asarray(pad_rows(x, c * b).reshape((c, b) + x.shape[1:]))
   sums, (z, rows) = _capture_scan(graphdef, cfg.keep_rows, state, as_chunks(tok), as_chunks(qpos),
                                   as_chunks(valid), as_chunks(ab.astype(np.int32)), base_P, as_chunks(null_NxD))
   flat = lambda x: np.asarray(x).reshape((c * b,) + x.shape[2:])[:n]
@@ -182,10 +186,10 @@ def detectors(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig()) -> d
 
   Definitions: diagnostics.detector_masks and diagnostics.detector_scores.
   """
-  tok = _as_probe(probe)["tokens_NxT"].astype(np.int32)[:cfg.n_detect]
+  tok = as_probe(probe)["tokens_NxT"].astype(np.int32)[:cfg.n_detect]
   n, t = tok.shape
   b = min(cfg.chunk, n)
-  sums = np.concatenate([np.asarray(_detect_chunk(graphdef, state, _pad(tok[i:i + b], b), cfg.exclude_bos,
+  sums = np.concatenate([np.asarray(_detect_chunk(graphdef, state, pad_rows(tok[i:i + b], b), cfg.exclude_bos,
                                                   cfg.exclude_current_token, cfg.gu_k))[:min(b, n - i)]
                          for i in range(0, n, b)])  # [N, L, 5, H]
   return {k: np.asarray(v) for k, v in D.detector_scores(sums, t, cfg.gu_k).items()}
@@ -193,14 +197,14 @@ def detectors(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig()) -> d
 
 def icl(graphdef, state, natural, chunk: int = 64) -> dict:
   """Olsson ICL score on the natural-text batch (per revision): loss at `late` minus loss at `early`."""
-  tok = _as_probe(natural)["tokens_NxT"].astype(np.int32)
+  tok = as_probe(natural)["tokens_NxT"].astype(np.int32)
   n, t = tok.shape
   early, late = D.icl_positions(t)
   b = min(chunk, n)
   losses = []
   for i in range(0, n, b):
     j = min(i + b, n)
-    losses.append(np.asarray(_loss_chunk(graphdef, state, _pad(tok[i:j], b)))[:j - i])
+    losses.append(np.asarray(_loss_chunk(graphdef, state, pad_rows(tok[i:j], b)))[:j - i])
   loss_NxT = np.concatenate(losses)
   return {"icl_score": float(D.icl_score(loss_NxT, early, late)),
           "icl_pos_early": early, "icl_pos_late": late}
@@ -208,7 +212,7 @@ def icl(graphdef, state, natural, chunk: int = 64) -> dict:
 
 def aux_stats(graphdef, state, probe, chunk: int = 64) -> dict:
   """Extreme-token and MoE routing statistics on the first chunk of the probe (per layer)."""
-  tok = _as_probe(probe)["tokens_NxT"].astype(np.int32)[:chunk]
+  tok = as_probe(probe)["tokens_NxT"].astype(np.int32)[:chunk]
   ext, moe = jax.device_get(_aux_chunk(graphdef, state, tok))
   out = {"resid_absmax": ext["resid_absmax_L"], "resid_absmedian": ext["resid_absmedian_L"],
          "massive_ratio": np.asarray(D.massive_activation_ratio(ext["resid_absmax_L"], ext["resid_absmedian_L"])),
@@ -292,7 +296,7 @@ def time_pass_vs_reference(model, hf_model, probe, *, batch_ref: int = 4, cfg: M
   """
   import torch  # pylint: disable=import-outside-toplevel
 
-  p = _as_probe(probe)
+  p = as_probe(probe)
   graphdef, state = split(model)
   cfg = dataclasses.replace(cfg, n_detect=0)
 

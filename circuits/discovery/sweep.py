@@ -32,19 +32,12 @@ ABLATIONS_DIR = "ablations"
 CACHE_DIR = "cache"
 
 
-def default_token_range(vocab_size: int) -> tuple[int, int]:
-  """Synthetic-probe token ids [lo, hi): the paper's [100, 10000) when the vocabulary has >= 10000 ids,
-  else [max(2, vocab // 32), vocab) (ids mapped into a small model's range; low ids kept for specials)."""
-  if vocab_size >= 10000:
-    return 100, 10000
-  return max(2, vocab_size // 32), vocab_size
-
-
 def default_probe(vocab_size: int, n: int = 2000, seq_len: int = 256):
-  """The paper's synthetic induction batch (RandomState(42)) in the model's token range."""
-  from circuits.data.probes import synthetic_induction_batch  # pylint: disable=import-outside-toplevel
-  lo, hi = default_token_range(vocab_size)
-  return synthetic_induction_batch(n=n, seq_len=seq_len, lo=lo, hi=hi)
+  """The paper's synthetic induction batch (RandomState(42)) in the model's token range
+  (circuits.data.probes.default_token_range, the trainer's in-loop default too)."""
+  from circuits.data import probes  # pylint: disable=import-outside-toplevel
+  lo, hi = probes.default_token_range(vocab_size)
+  return probes.synthetic_induction_batch(n=n, seq_len=seq_len, lo=lo, hi=hi)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

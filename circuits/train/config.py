@@ -73,14 +73,14 @@ def validate(config) -> tuple[ml_collections.ConfigDict, ModelConfig]:
 
 
 def probe_token_range(config, model_cfg: ModelConfig) -> tuple[int, int]:
-  """The probe's token ids [lo, hi): the config's, else the paper's (100, 10000) for large vocabularies,
-  else (3, vocab_size) (ids 0-2 are pad/EOS/BOS in circuits.data.synthetic)."""
+  """The probe's token ids [lo, hi): the config's (probe.token_lo/token_hi), else
+  circuits.data.probes.default_token_range(model.vocab_size) (the one default discovery uses too)."""
+  from circuits.data.probes import default_token_range
+
   pr = config.probe
   if pr.token_hi:
     return int(pr.token_lo), int(pr.token_hi)
-  if model_cfg.vocab_size >= 10000:
-    return 100, 10000
-  return 3, model_cfg.vocab_size
+  return default_token_range(model_cfg.vocab_size)
 
 
 def check_mesh(config, mesh_sizes: dict) -> None:
