@@ -37,9 +37,10 @@ def tmp_dirs(ckdir: str) -> list[str]:
 def _child(root: str, async_save: bool, pipe_w: int, trial: int, check_only: bool) -> None:
   """Check what the killed predecessor left, then save until killed (or exit after the check)."""
   import jax
+  from circuits import rundir
   from circuits.train import checkpoint as ckpt
 
-  ckdir = os.path.join(root, ckpt.CKPT_DIR)
+  ckdir = rundir.checkpoint_dir(root)
   rec = dict(trial=trial, tmp_before=tmp_dirs(ckdir), ok=False, error=None)
   out = os.fdopen(pipe_w, "w", buffering=1)
   try:

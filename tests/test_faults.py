@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from circuits.models import ConfigError
+from circuits.rundir import CheckpointCorruptError
 from circuits.train import checkpoint as ckpt
 from circuits.train import restore_params, train
 from circuits.train.data import SyntheticRepeatSource
@@ -170,9 +171,9 @@ def test_corrupted_array_names_step_and_array(damage, straight, tmp_path):
     got, _ = restore_params(str(w), STEPS)
     want, _ = restore_params(str(straight), STEPS)
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
-  except ckpt.CheckpointCorruptError as e:
+  except CheckpointCorruptError as e:
     assert re.search(pattern, str(e)), e
-  with pytest.raises(ckpt.CheckpointCorruptError, match=pattern):
+  with pytest.raises(CheckpointCorruptError, match=pattern):
     train(tiny(), str(w))  # resuming from it (full state) fails too, before any step
 
 

@@ -24,10 +24,11 @@ def _str_keys(tree):
   return {str(k): _str_keys(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
 
 
-def _int_keys(tree):
+def int_keys(tree):
+  """A nested params dict with digit-string keys (list indices as Orbax stores them) turned into ints."""
   if not isinstance(tree, dict):
     return tree
-  return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in tree.items()}
+  return {(int(k) if isinstance(k, str) and k.isdigit() else k): int_keys(v) for k, v in tree.items()}
 
 
 def save_converted(out, cfg: ModelConfig, params: dict, *, source: dict | None = None) -> Path:
@@ -76,7 +77,7 @@ def load_params(out, cfg: ModelConfig | None = None) -> dict:
     raise ConversionError(f"{out / 'params'}: cannot restore against {cfg.family} parameters: {e}") from e
   finally:
     ckptr.close()
-  return _int_keys(params)
+  return int_keys(params)
 
 
 def load_converted(out, **overrides):

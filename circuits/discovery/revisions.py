@@ -5,8 +5,8 @@
     for r in revs: cfg, model = r.load()
 
 Loading is lazy (one model in memory at a time). Our runs: steps and tokens from the trainer's per-step
-metadata (circuits.train.checkpoint.read_index), params only, restored read-only on the host CPU (jit
-places them on whatever devices exist). List files: JSON lines ({"name", "path", "tokens"[, "step"]}) or
+metadata (circuits.rundir.read_index), params only, restored read-only on the host CPU (rundir.restore_params;
+jit places them on whatever devices exist). Reading a run never imports the trainer (circuits.train). List files: JSON lines ({"name", "path", "tokens"[, "step"]}) or
 CSV with a header `name,path,tokens[,step]`; relative paths are relative to the list file; `tokens` may be
 empty when derivable from the name (Pythia `step{N}` -> N x 2,097,152; OLMo/OLMoE `step{N}-tokens{X}B` ->
 X x 1e9). A path holding `config.json` of a Hugging Face checkpoint is converted on the fly
@@ -68,16 +68,11 @@ def parse_revision_name(name: str) -> tuple[Optional[int], Optional[float]]:
   return None, None
 
 
-def _int_keys(tree):
-  if not isinstance(tree, dict):
-    return tree
-  return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in tree.items()}
-
-
 def model_from_params(cfg, params):
   """Our model from a pure params dict (list indices may be strings, as Orbax stores them)."""
   from circuits.convert.hf import model_from_params as build  # pylint: disable=import-outside-toplevel
-  return build(cfg, _int_keys(params))
+  from circuits.convert.store import int_keys  # pylint: disable=import-outside-toplevel
+  return build(cfg, int_keys(params))
 
 
 def load_checkpoint_dir(path):
@@ -143,12 +138,12 @@ def from_run(workdir, steps: Optional[Iterable[int]] = None) -> list[Revision]:
 
   Steps and tokens (tokens_seen) come from each checkpoint's meta/ JSON; the model config from the
   meta's run config (`config.model`)."""
-  from circuits.train import checkpoint as ck  # pylint: disable=import-outside-toplevel
+  from circuits import rundir  # pylint: disable=import-outside-toplevel
   from circuits.models import ModelConfig  # pylint: disable=import-outside-toplevel
 
-  index = ck.read_index(str(workdir))
+  index = rundir.read_index(str(workdir))
   if not index:
-    raise RevisionError(f"{workdir}: no committed checkpoint under {workdir}/{ck.CKPT_DIR}")
+    raise RevisionError(f"{workdir}: no committed checkpoint under {workdir}/{rundir.CKPT_DIR}")
   want = None if steps is None else {int(s) for s in steps}
   out = []
   for meta in index:
@@ -158,14 +153,9 @@ def from_run(workdir, steps: Optional[Iterable[int]] = None) -> list[Revision]:
     model_cfg = ModelConfig.from_dict(meta["config"]["model"])
 
     def load(step=step, model_cfg=model_cfg):
-      params, _ = ck.restore_params(str(workdir), step)
+      params, _ = rundir.restore_params(str(workdir), step)
       return model_cfg, model_from_params(model_cfg, params)
 
     out.append(Revision(f"step{step}", step, float(meta["tokens_seen"]), loader=load, source=str(workdir)))
   return out
 
-
-def from_models(items: Iterable[tuple]) -> list[Revision]:
-  """Revisions from in-memory (name, step, tokens, model) tuples (notebooks, tests)."""
-  return [Revision(safe_name(n), int(s), float(t), loader=(lambda m=m: (m.cfg, m)), source="memory")
-          for n, s, t, m in items]

@@ -13,24 +13,13 @@ by this definition within the run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-
-def read_jsonl(path: Path) -> list[dict]:
-  if not Path(path).exists():
-    return []
-  out = []
-  for ln in Path(path).read_text().splitlines():
-    try:
-      out.append(json.loads(ln))
-    except json.JSONDecodeError:
-      continue
-  return out
+from circuits import rundir
 
 
 def marker_defs(m) -> dict:
@@ -124,7 +113,7 @@ def family_markers(study, p, family: str) -> dict:
     s, t, c, l = _per_rev(syn, "sel_induction", float(m.sel_induction), k)
     out["markers"][names[2]] = _first(s, t, c, l)
     out["final_max_sel_induction_synthetic"] = float(syn[syn["step"] == syn["step"].max()]["sel_induction"].max())
-  rm = read_jsonl(p.metrics(family))
+  rm = rundir.read_jsonl(p.metrics(family))
   if rm:
     rm = sorted(rm, key=lambda r: r["step"])
     s = np.array([r["step"] for r in rm])
@@ -143,7 +132,7 @@ def family_markers(study, p, family: str) -> dict:
     li, hi = np.unravel_index(np.argmax(ia[-1]), ia[-1].shape)
     out["final_best_induction_attention_head"] = [int(li), int(hi)]
     out["final_combined_probe_top1"] = float(rm[-1]["combined_probe_top1"])
-  tj = [r for r in read_jsonl(p.run(family) / "metrics.jsonl") if "attn/first_mass" in r]
+  tj = [r for r in rundir.read_metrics(p.run(family)) if "attn/first_mass" in r]
   if tj:
     s = np.array([r["step"] for r in tj])
     t = s * tokens_per_step

@@ -39,6 +39,8 @@ from typing import Optional, Sequence
 import ml_collections
 import numpy as np
 
+from circuits import rundir
+
 STAGES = ("data", "train", "sweep", "metrics", "report")
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
@@ -390,6 +392,7 @@ def job_metrics(study, p: Paths, family: str, progress: bool = True) -> dict:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
+  from circuits import diagnostics  # pylint: disable=import-outside-toplevel
   from circuits.discovery import revisions  # pylint: disable=import-outside-toplevel
 
   revs = sorted(revisions.from_run(str(p.run(family))), key=lambda r: r.step)
@@ -428,9 +431,8 @@ def job_metrics(study, p: Paths, family: str, progress: bool = True) -> dict:
     q = jnp.asarray(comb.query_pos_N)
     o2 = model(jnp.asarray(comb.tokens_NxT), query_pos_B=q)
     rows_NxLxHxS = o2.rows_BxLxHxS
-    idx = jnp.asarray(comb.ab_N + 1)[:, None, None, None]
-    res["induction_attention"] = jnp.take_along_axis(rows_NxLxHxS, jnp.broadcast_to(
-        idx, rows_NxLxHxS.shape[:3] + (1,)), -1)[..., 0].mean(0)
+    ind_Nx1 = diagnostics.class_targets(jnp.asarray(comb.ab_N), rows_NxLxHxS.shape[-1])["induction"]
+    res["induction_attention"] = diagnostics.row_mass(rows_NxLxHxS, ind_Nx1)
     logits_q = o2.logits_BxTxV[jnp.arange(q.shape[0]), q]
     res["combined_probe_top1"] = jnp.mean(jnp.argmax(logits_q, -1) == jnp.asarray(comb.target_N))
     return res
@@ -493,7 +495,7 @@ def _progress_units(study, p: Paths, fam: str) -> tuple[int, int]:
   n_rev = len(schedule.permanent_steps(int(f.steps), log_until=int(ck.log_until), every=int(ck.every)))
   n_sweep = len(select_revisions([_R(s) for s in range(n_rev)], int(study.sweep.every_nth)))
   total = int(f.steps) + n_sweep * len(study.sweep.probes) + n_rev
-  done = min(_last_step(p.run(fam) / "metrics.jsonl"), int(f.steps))
+  done = min(rundir.steps_logged(p.run(fam)), int(f.steps))
   for name in study.sweep.probes:
     d = p.sweep(fam, name) / "revisions"
     done += len([x for x in d.glob("*.csv") if ".tmp-" not in x.name]) if d.is_dir() else 0
@@ -505,22 +507,6 @@ def _progress_units(study, p: Paths, fam: str) -> tuple[int, int]:
 @dataclasses.dataclass(frozen=True)
 class _R:
   step: int
-
-
-def _last_step(path: Path) -> int:
-  if not path.exists():
-    return 0
-  with open(path, "rb") as f:
-    f.seek(0, 2)
-    size = f.tell()
-    f.seek(max(0, size - 65536))
-    tail = f.read().decode("utf-8", "replace").splitlines()
-  for ln in reversed(tail):
-    try:
-      return int(json.loads(ln)["step"]) + 1
-    except (json.JSONDecodeError, KeyError, ValueError):
-      continue
-  return 0
 
 
 def _command(job: str, p: Paths, core: Optional[int], study) -> tuple[list[str], dict]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from circuits import rundir
 from circuits.discovery import report as R
 from circuits.study import analysis as SA
 
@@ -36,7 +37,7 @@ def _fmt_marker(v) -> str:
 
 
 def _steps_table(path: Path):
-  rows = SA.read_jsonl(path)
+  rows = rundir.read_jsonl(path)
   return sorted(rows, key=lambda r: r["step"])
 
 
@@ -45,7 +46,7 @@ def fig_first_mass(study, p, out: Path) -> str:
   fams = study.family_order
   fig, axes = plt.subplots(2, len(fams), figsize=(4.2 * len(fams), 6.4), squeeze=False)
   for i, f in enumerate(fams):
-    tj = [r for r in SA.read_jsonl(p.run(f) / "metrics.jsonl") if "attn/first_mass" in r]
+    tj = [r for r in rundir.read_metrics(p.run(f)) if "attn/first_mass" in r]
     ax = axes[0, i]
     if tj:
       s = np.array([r["step"] for r in tj])

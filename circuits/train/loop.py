@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from circuits.models import ModelConfig
+from circuits.rundir import METRICS_FILE, RUN_FILE, TB_DIR
 from circuits.train import checkpoint as ckpt
 from circuits.train import config as config_lib
 from circuits.train import data as data_lib
@@ -30,8 +31,6 @@ from circuits.train import schedule as schedule_lib
 from circuits.train import sharding as shd
 from circuits.train import step as step_lib
 from circuits.train import writers
-
-METRICS_FILE, TB_DIR, RUN_FILE = "metrics.jsonl", "tb", "run.json"
 
 
 class NonFiniteLossError(RuntimeError):
