@@ -132,6 +132,7 @@ def fsize(root: str) -> int:
   import resource
 
   import jax
+  from circuits import rundir
   from circuits.train import checkpoint as ckpt
   from circuits.train.loop import WorkdirError, check_workdir
 
@@ -171,7 +172,7 @@ def fsize(root: str) -> int:
   ckpt.save(mgr, 2, big, {"step": 2}, force=True)  # with space again, the failed step saves
   mgr.wait_until_finished()
   rec["resaved_latest"] = mgr.latest_step()
-  rec["tmp_after"] = tmp_dirs(os.path.join(root, ckpt.CKPT_DIR))
+  rec["tmp_after"] = tmp_dirs(rundir.checkpoint_dir(root))
   mgr.close()
   print(json.dumps(rec), flush=True)
   return 0
