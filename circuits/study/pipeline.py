@@ -39,11 +39,13 @@ from typing import Optional, Sequence
 import ml_collections
 import numpy as np
 
+from circuits.errors import CircuitsError
+
 STAGES = ("data", "train", "sweep", "metrics", "report")
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
-class StudyError(RuntimeError):
+class StudyError(CircuitsError, RuntimeError):
   """A study config is inconsistent or a job failed; the message names the field or the job's log."""
 
 
