@@ -290,7 +290,7 @@ def test_bad_config_names_field_before_compute(edit, field, tmp_path):
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-  from tests import hf_fixtures as fx
+  from circuits.convert import fixtures as fx
   return fx.make_hf_dir(tmp_path_factory.mktemp("hf") / "olmo", "olmo_gqa_noclip")
 
 

