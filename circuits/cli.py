@@ -16,7 +16,8 @@
 
 One line means: `error: <message>` on stderr, the message's own lines joined, no traceback and no chained
 exception, exit status EXIT_USAGE (2). Any other exception is a bug and keeps its traceback (exit 1).
-Unless --verbosity is given, absl logging is set to WARNING (Orbax logs every save and restore at INFO).
+Unless --verbosity is given, absl logging is set to ERROR (Orbax logs every save and restore at INFO and
+routine notices, such as a read-only manager's options, at WARNING).
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 def _quiet_logging() -> None:
   from absl import flags, logging  # pylint: disable=import-outside-toplevel
   if "verbosity" not in flags.FLAGS or not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)
 
 
 def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:

@@ -32,6 +32,7 @@ flags.DEFINE_integer("n_seeds", 20, "matched-random control seeds")
 flags.DEFINE_integer("ablation_examples", None, "first n probe examples used by the ablations (default all)")
 flags.DEFINE_bool("ablations", True, "run the causal checks at every revision")
 flags.DEFINE_bool("analyze", True, "write summary.json and report.html at the end")
+flags.DEFINE_bool("progress", True, "progress bar over the revisions (stderr)")
 
 
 def main(argv):
@@ -51,7 +52,8 @@ def main(argv):
                           ablations=FLAGS.ablations, induction_threshold=FLAGS.induction_threshold,
                           n_seeds=FLAGS.n_seeds, ablation_examples=FLAGS.ablation_examples, analyze=FLAGS.analyze)
   probe, natural = (load_npz(FLAGS[f].value) if FLAGS[f].value else None for f in ("probe", "natural"))
-  res = sweep.sweep(revs, FLAGS.out, probe=probe, natural=natural, cfg=cfg, n=FLAGS.n, seq_len=FLAGS.seq_len)
+  res = sweep.sweep(revs, FLAGS.out, probe=probe, natural=natural, cfg=cfg, n=FLAGS.n, seq_len=FLAGS.seq_len,
+                    progress=FLAGS.progress)
   print(f"measured {len(res['done'])} revision(s), {len(revs) - len(res['done'])} already done; "
         + ", ".join(f"{k}: {v}" for k, v in res["paths"].items()))
 

@@ -27,6 +27,7 @@ from circuits.train import checkpoint as ckpt
 from circuits.train import restore_params, train
 from circuits.train.data import SyntheticRepeatSource
 from configs.families import family_config
+from tests.damage import DAMAGES, damage, data_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "fault_worker.py")
@@ -144,27 +145,11 @@ def test_sigterm_commits_current_step_and_resumes_bitwise(at, delay, straight, t
   same_run(straight, tmp_path)
 
 
-def _data_files(step_dir):
-  d = os.path.join(step_dir, "state", "ocdbt.process_0", "d")
-  return sorted((os.path.join(d, f) for f in os.listdir(d)), key=os.path.getsize)
-
-
-@pytest.mark.parametrize("damage", ["flip", "zero", "truncate", "delete"])
-def test_corrupted_array_names_step_and_array(damage, straight, tmp_path):
+@pytest.mark.parametrize("how", DAMAGES)
+def test_corrupted_array_names_step_and_array(how, straight, tmp_path):
   w = tmp_path / "run"
   shutil.copytree(straight, w)
-  target = _data_files(w / "checkpoints" / str(STEPS))[-1]  # the biggest array file
-  data = bytearray(open(target, "rb").read())
-  if damage == "flip":
-    data[len(data) // 2] ^= 0xFF
-  elif damage == "zero":
-    data[64:-64] = bytes(len(data) - 128)
-  elif damage == "truncate":
-    data = data[: len(data) // 2]
-  if damage == "delete":
-    os.remove(target)
-  else:
-    open(target, "wb").write(bytes(data))
+  damage(data_files(w / "checkpoints" / str(STEPS))[-1], how)  # the biggest array file
   pattern = rf"checkpoint step {STEPS} in .*array (params|opt_state)\.\S+ "
   try:  # params only (discovery's path): an error, or exactly the saved params if the file held opt_state only
     got, _ = restore_params(str(w), STEPS)
