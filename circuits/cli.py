@@ -67,7 +67,7 @@ def fail(message) -> NoReturn:
 @contextlib.contextmanager
 def boundary():
   """Inside: the project's errors and absl's UsageError become one line on stderr and exit 2."""
-  from absl import app  # pylint: disable=import-outside-toplevel
+  from absl import app
   try:
     yield
   except app.UsageError as e:
@@ -82,7 +82,7 @@ def boundary():
 
 def _config_file_flags(flag_values) -> dict:
   """{name: flag} of the flags defined with ml_collections.config_flags.DEFINE_config_file."""
-  from ml_collections.config_flags import config_flags  # pylint: disable=import-outside-toplevel
+  from ml_collections.config_flags import config_flags
   return {name: flag_values[name] for name in flag_values
           if isinstance(flag_values[name].parser, config_flags.ConfigFileFlagParser) and name == flag_values[name].name}
 
@@ -161,7 +161,7 @@ def _unknown_field(name: str, value: str, config, field: str, arg: str) -> str |
 
 def check_config_flags(argv: Sequence[str], flag_values=None) -> None:
   """fail() on a missing --config file or an override naming no field of it (before absl parses)."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import flags
   flag_values = flags.FLAGS if flag_values is None else flag_values
   for name in _config_file_flags(flag_values):
     value = _flag_value(argv, name)
@@ -180,7 +180,7 @@ def check_config_flags(argv: Sequence[str], flag_values=None) -> None:
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl's flag parsing with the checks of check_config_flags; flag errors become one line, exit 2."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import flags
   check_config_flags(argv)
   try:
     return flags.FLAGS(list(argv))
@@ -189,14 +189,14 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def _quiet_logging() -> None:
-  from absl import flags, logging  # pylint: disable=import-outside-toplevel
+  from absl import flags, logging
   if "verbosity" not in flags.FLAGS or not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)
 
 
 def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:
   """app.run(main) behind the boundary (module docstring); never returns."""
-  from absl import app  # pylint: disable=import-outside-toplevel
+  from absl import app
 
   _BINARY["on"] = True
 

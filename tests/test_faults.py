@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import jax
 import numpy as np
@@ -180,7 +179,7 @@ def test_nan_skip_keeps_optimizer_state(tmp_path):
   assert train(c, str(tmp_path), source=NaNAt2())["n_skipped"] == 1
   s = setup(c)
   mgr = ckpt.make_manager(str(tmp_path), permanent=[], resume_every=1, keep_resume=10)
-  (a, ma), (b, mb) = ckpt.restore(mgr, 2, s.abstract_state), ckpt.restore(mgr, 3, s.abstract_state)
+  (a, _), (b, mb) = ckpt.restore(mgr, 2, s.abstract_state), ckpt.restore(mgr, 3, s.abstract_state)
   mgr.close()
   eq = lambda x, y: all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
   assert eq(a["params"], b["params"]) and eq(a["opt_state"], b["opt_state"])

@@ -9,8 +9,8 @@ from circuits.bench.harness import Settings, _median, _now
 
 def _fixture_model(tmp: Path, name: str, seq_len: int, seed: int = 0, **overrides):
   """(our converted model, the HF eager model) of a random tiny local HF fixture (circuits/convert/fixtures.py)."""
-  from circuits.convert import from_hf  # pylint: disable=import-outside-toplevel
-  from circuits.convert import fixtures as F  # pylint: disable=import-outside-toplevel
+  from circuits.convert import from_hf
+  from circuits.convert import fixtures as F
 
   tag = "".join(f"_{k}{v}" for k, v in sorted(overrides.items()))
   d = F.make_hf_dir(tmp / f"{name}_{seed}_{seq_len}{tag}", name, seed=seed, max_position_embeddings=max(64, seq_len),
@@ -22,8 +22,8 @@ def _fixture_model(tmp: Path, name: str, seq_len: int, seed: int = 0, **override
 def _time_discovery(st: Settings, tmp: Path, probe_ids: tuple, **overrides) -> dict:
   """time_pass_vs_reference on the converted neox_rot25 fixture: one warm-up call (compile), then the
   median of disc_repeats calls (each call times one pass of ours and one of the reference)."""
-  from circuits.data.probes import synthetic_induction_batch  # pylint: disable=import-outside-toplevel
-  from circuits.discovery.measure import time_pass_vs_reference  # pylint: disable=import-outside-toplevel
+  from circuits.data.probes import synthetic_induction_batch
+  from circuits.discovery.measure import time_pass_vs_reference
 
   model, hf_model, _ = _fixture_model(tmp, "neox_rot25", st.disc_seq_len, **overrides)
   probe = synthetic_induction_batch(n=st.disc_n, seq_len=st.disc_seq_len, lo=probe_ids[0], hi=probe_ids[1])
@@ -41,7 +41,7 @@ def bench_discovery(st: Settings, tmp: Path) -> dict:
   """Our pass vs the paper-style reference on the tiny fixture (vocab 128, probe ids 3..127) and, unless
   disc_real_vocab is 0, on the same fixture with the 1B models' vocabulary (probe ids 100..9999 as in the
   paper), where the reference's unembedding of every position counts and ours computes none."""
-  from circuits.convert import fixtures as F  # pylint: disable=import-outside-toplevel
+  from circuits.convert import fixtures as F
 
   out = _time_discovery(st, tmp, (3, F.VOCAB))
   out["ratios"] = dict(reference_over_ours=out["reference_s"] / out["ours_s"])
@@ -54,9 +54,9 @@ def bench_discovery(st: Settings, tmp: Path) -> dict:
 
 def bench_discovery_scaling(st: Settings, tmp: Path) -> dict:
   """measure_revision (the full per-revision pass, detectors included) seconds vs revisions and vs N."""
-  from circuits.data.probes import synthetic_induction_batch  # pylint: disable=import-outside-toplevel
-  from circuits.discovery.measure import measure_revision  # pylint: disable=import-outside-toplevel
-  from circuits.convert import fixtures as F  # pylint: disable=import-outside-toplevel
+  from circuits.data.probes import synthetic_induction_batch
+  from circuits.discovery.measure import measure_revision
+  from circuits.convert import fixtures as F
 
   t = st.disc_seq_len
   n_max = max(st.disc_ns + (st.disc_n,))

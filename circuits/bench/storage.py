@@ -18,8 +18,8 @@ def _nbytes(tree) -> int:
 
 def bench_conversion(st: Settings, tmp: Path) -> dict:
   """load_hf (read + transform) MB/s of a random GPT-NeoX checkpoint; save_converted / load_converted MB/s."""
-  from circuits.convert import load_converted, load_hf, save_converted  # pylint: disable=import-outside-toplevel
-  from circuits.convert import fixtures as F  # pylint: disable=import-outside-toplevel
+  from circuits.convert import load_converted, load_hf, save_converted
+  from circuits.convert import fixtures as F
 
   dims = dict(st.conv_dims)
   if dims:
@@ -50,8 +50,8 @@ def bench_conversion(st: Settings, tmp: Path) -> dict:
 
 def bench_checkpoint(st: Settings, tmp: Path) -> dict:
   """Orbax train-state checkpoint (circuits.train.checkpoint): async save blocking part and total; restore."""
-  from circuits.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
-  from circuits.train import setup  # pylint: disable=import-outside-toplevel
+  from circuits.train import checkpoint as ckpt
+  from circuits.train import setup
 
   s = setup(run_config("pythia", st.ckpt_size, 1, 16))
   state = s.init()

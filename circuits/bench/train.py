@@ -10,7 +10,7 @@ import numpy as np
 from circuits.bench.harness import MOE, SIZES, Settings, interleaved
 
 def model_fields(family: str, size: str) -> dict:
-  from configs.families import PUBLISHED  # pylint: disable=import-outside-toplevel
+  from configs.families import PUBLISHED
 
   f = dict(PUBLISHED[family])
   f.update(SIZES[size])
@@ -22,8 +22,8 @@ def model_fields(family: str, size: str) -> dict:
 def run_config(family: str, size: str, batch: int, seq_len: int, *, diagnostics: bool = True,
                probe_every: int = 0, probe_n: int = 32):
   """A trainer config (configs.base) of `family` at bench size `size`; no checkpoints, no progress bar."""
-  from configs.base import base_config  # pylint: disable=import-outside-toplevel
-  from configs.base import model_fields as mf  # pylint: disable=import-outside-toplevel
+  from configs.base import base_config
+  from configs.base import model_fields as mf
 
   c = base_config()
   c.model = mf(**model_fields(family, size))
@@ -36,7 +36,7 @@ def run_config(family: str, size: str, batch: int, seq_len: int, *, diagnostics:
 
 def param_counts(model_cfg) -> dict:
   """total parameters, and N of the FLOP formula (active matmul parameters per token)."""
-  from circuits.train import step as step_lib  # pylint: disable=import-outside-toplevel
+  from circuits.train import step as step_lib
 
   _, params = step_lib.abstract_model(model_cfg)
   total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
@@ -55,9 +55,9 @@ class _Ours:
   """Our trainer's jitted step (circuits.train.setup) on one fixed synthetic batch."""
 
   def __init__(self, config):
-    from circuits.train import setup  # pylint: disable=import-outside-toplevel
-    from circuits.train import step as step_lib  # pylint: disable=import-outside-toplevel
-    from circuits.train.data import SyntheticRepeatSource  # pylint: disable=import-outside-toplevel
+    from circuits.train import setup
+    from circuits.train import step as step_lib
+    from circuits.train.data import SyntheticRepeatSource
 
     self.s = setup(config)
     self.state = self.s.init()
@@ -79,10 +79,10 @@ class _Reference:
   """The bare reference step: same model, plain next-token cross-entropy, plain optax.adamw, nnx.jit."""
 
   def __init__(self, model_cfg, batch: dict):
-    import optax  # pylint: disable=import-outside-toplevel
-    from flax import nnx  # pylint: disable=import-outside-toplevel
+    import optax
+    from flax import nnx
 
-    from circuits.models import build_model  # pylint: disable=import-outside-toplevel
+    from circuits.models import build_model
 
     self.model = build_model(model_cfg, rngs=nnx.Rngs(0))
     self.opt = nnx.Optimizer(self.model, optax.adamw(3e-4, b1=0.9, b2=0.95), wrt=nnx.Param)
@@ -155,7 +155,6 @@ def bench_train_one(st: Settings, family: str, size: str, peak_f32_gflops: float
                  # throughput ours (diag on, the default) / bare reference; > 1: ours is faster
                  ours_over_reference=t_ref / t_on,
                  ours_diag_off_over_reference=t_ref / t_off))
-  del on, off, pr, ref
   return out
 
 

@@ -23,10 +23,10 @@ TOLERANCES = dict(d_logit=1e-4, d_attn=1e-5)
 
 def parity(name: str, root: Path, *, seed: int = 0, batch: int = 2, seq_len: int = 16) -> dict:
   """Parity figures of one fixture: max |logit diff|, max |attention diff| over all layers/heads/queries."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from flax import nnx
 
-  from circuits.convert import fixtures as fx  # pylint: disable=import-outside-toplevel
-  from circuits.convert import from_hf  # pylint: disable=import-outside-toplevel
+  from circuits.convert import fixtures as fx
+  from circuits.convert import from_hf
 
   path = fx.make_hf_dir(Path(root) / name, name, seed=seed)
   hf = fx.load_hf_model(path)
@@ -65,5 +65,5 @@ def table(rows, seconds: float) -> str:
 
 def run_all(root) -> list[dict]:
   """parity() of every fixture, built under `root`."""
-  from circuits.convert.fixtures import FIXTURES  # pylint: disable=import-outside-toplevel
+  from circuits.convert.fixtures import FIXTURES
   return [parity(name, Path(root)) for name in FIXTURES]

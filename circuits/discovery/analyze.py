@@ -28,7 +28,7 @@ PARAMS = (
 
 def define_flags() -> None:
   """Define the absl flags of PARAMS (for the binaries launch.analyze and launch.paperdata)."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import flags
   for name, default, help_ in PARAMS:
     if isinstance(default, bool):
       flags.DEFINE_bool(name, default, help_)
@@ -40,7 +40,7 @@ def define_flags() -> None:
 
 def params_from_flags() -> dict:
   """The PARAMS values of the parsed absl flags (after define_flags())."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import flags
   return {name: flags.FLAGS[name].value for name, _, _ in PARAMS}
 
 
@@ -59,9 +59,9 @@ def run(table, out, ablations=None, sections=(), title="Attention-circuit discov
   `ablations`: optional ablation table (CSV path or DataFrame). `sections`: extra report sections, or a
   callable summary -> sections. Returns the summary dict.
   """
-  import pandas as pd  # pylint: disable=import-outside-toplevel
-  from circuits.discovery import analysis, report  # pylint: disable=import-outside-toplevel
-  from circuits.discovery import table as T  # pylint: disable=import-outside-toplevel
+  import pandas as pd
+  from circuits.discovery import analysis, report
+  from circuits.discovery import table as T
   df = T.load_table(table) if not isinstance(table, pd.DataFrame) else T.validate(table)
   abl = None
   if ablations is not None:

@@ -17,7 +17,7 @@ from circuits.files import atomic_write_json
 
 def claims_html(rows) -> tuple[str, str]:
   """(HTML of the rows that disagree or cannot be tested, HTML of all rows) of the claims table."""
-  import pandas as pd  # pylint: disable=import-outside-toplevel
+  import pandas as pd
   df = pd.DataFrame(rows)
   bad = df[df["agrees"] != True]  # noqa: E712  (False and None)
   return ("<p>Rows where the data does not support the text (agrees = False) or cannot test it "
@@ -28,10 +28,10 @@ def claims_html(rows) -> tuple[str, str]:
 
 def run(out, paperdata=None, **params) -> dict:
   """Import the paper's tables from `paperdata`, analyse them with `params` (analyze.PARAMS), write `out`."""
-  import pandas as pd  # pylint: disable=import-outside-toplevel
-  from circuits.discovery import analyze  # pylint: disable=import-outside-toplevel
-  from circuits.discovery import paperdata as P  # pylint: disable=import-outside-toplevel
-  from circuits.discovery import table as T  # pylint: disable=import-outside-toplevel
+  import pandas as pd
+  from circuits.discovery import analyze
+  from circuits.discovery import paperdata as P
+  from circuits.discovery import table as T
   out = Path(out)
   tables = P.load_paperdata(paperdata)
   for m, df in tables.items():

@@ -48,7 +48,7 @@ def _set(cfg, key: str, value) -> None:
 def resolve(cfg) -> ml_collections.ConfigDict:
   """Checks a study config (families known, sizes consistent) and returns a copy."""
   cfg = ml_collections.ConfigDict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-  from configs.families import PUBLISHED  # pylint: disable=import-outside-toplevel
+  from configs.families import PUBLISHED
   order = [f for f in cfg.family_order if f in cfg.families]
   unknown = sorted({architecture(cfg, f) for f in cfg.families} - set(PUBLISHED))
   if unknown:
@@ -93,7 +93,7 @@ def span_ids(cfg) -> tuple[int, int]:
 
 
 def combined_spec(cfg):
-  from circuits.data import synthetic  # pylint: disable=import-outside-toplevel
+  from circuits.data import synthetic
   s = cfg.data.synthetic
   bb = synthetic.BigramBackcopySpec(n_bb=int(s.n_bb), n_triggers=int(s.n_triggers),
                                     trigger_prob=float(s.trigger_prob), bigram_k=int(s.bigram_k),
@@ -145,8 +145,8 @@ def study_paths(workdir) -> Paths:
 
 def run_config(study, family: str, workdir: Optional[str] = None) -> ml_collections.ConfigDict:
   """The trainer config of one family: configs/families.py facts, the family recipe, the study's data."""
-  from configs.base import model_fields  # pylint: disable=import-outside-toplevel
-  from configs.families import family_config  # pylint: disable=import-outside-toplevel
+  from configs.base import model_fields
+  from configs.families import family_config
 
   study = resolve(study)
   if family not in study.family_order:

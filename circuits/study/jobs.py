@@ -42,7 +42,7 @@ def run_job(study, workdir, job: str, progress: bool = True) -> dict:
   if stage == "data":
     info = job_data(study, p, progress)
   elif stage == "train":
-    from circuits.train import train  # pylint: disable=import-outside-toplevel
+    from circuits.train import train
     info = train(run_config(study, fam, str(p.root)), str(p.run(fam)))
     if info.get("interrupted"):
       raise StudyError(f"{job}: interrupted at step {info['steps_done']} (rerun to resume)")
@@ -51,7 +51,7 @@ def run_job(study, workdir, job: str, progress: bool = True) -> dict:
   elif stage == "metrics":
     info = job_metrics(study, p, fam, progress)
   elif stage == "report":
-    from circuits.study import report  # pylint: disable=import-outside-toplevel
+    from circuits.study import report
     info = report.write(study, p)
   else:
     raise StudyError(f"unknown job {job!r}; jobs: {job_names(study)}")
@@ -92,7 +92,7 @@ def is_done(study, p: Paths, job: str) -> bool:
 
 def job_data(study, p: Paths, progress: bool = True) -> dict:
   """The shared token cache (skipped when a matching one exists), the probes, the held-out rows."""
-  from circuits.data import probes, reader, synthetic  # pylint: disable=import-outside-toplevel
+  from circuits.data import probes, reader, synthetic
 
   rc = run_config(study, study.family_order[0], str(p.root))
   n_rows = cache_rows(study)
@@ -105,7 +105,7 @@ def job_data(study, p: Paths, progress: bool = True) -> dict:
     if meta.get("data_config", {}).get("synthetic") != rc.data.synthetic.to_dict():
       raise reader.CacheError("synthetic parameters differ")
   except reader.CacheError:
-    from circuits.data import cache_builder  # pylint: disable=import-outside-toplevel
+    from circuits.data import cache_builder
     cache_builder.build_cache(rc.data, seed=int(rc.seed), n_rows=n_rows, path=str(p.cache), progress=progress)
     built = True
   sw, t = study.sweep, int(study.data.seq_len)
@@ -136,7 +136,7 @@ class CombinedSource:
     self.seed = int(seed)
 
   def batch(self, step: int) -> dict:
-    from circuits.data import synthetic  # pylint: disable=import-outside-toplevel
+    from circuits.data import synthetic
     body = synthetic.combined(np.random.default_rng([self.seed, int(step)]), self.b, self.t, self.spec)
     rows = np.concatenate([np.full((self.b, 1), synthetic.BOS_ID, np.int32), body], axis=1)
     return dict(tokens_BxT=rows[:, :-1], targets_BxT=rows[:, 1:], loss_mask_BxT=np.ones((self.b, self.t), np.float32))

@@ -13,7 +13,7 @@ import numpy as np
 from circuits.study.config import Paths
 
 def load_probe(p: Paths, name: str):
-  from circuits.data.probes import ProbeBatch  # pylint: disable=import-outside-toplevel
+  from circuits.data.probes import ProbeBatch
   z = np.load(p.probes / f"{name}.npz")
   return ProbeBatch(*(np.asarray(z[k], np.int32) for k in ("tokens_NxT", "query_pos_N", "target_N", "ab_N")),
                     name=name)
@@ -30,7 +30,7 @@ def select_revisions(revs, every_nth: int):
 
 def job_sweep(study, p: Paths, family: str, progress: bool = True) -> dict:
   """The discovery sweep of every (selected) checkpoint, once per probe."""
-  from circuits.discovery import measure, revisions, sweep  # pylint: disable=import-outside-toplevel
+  from circuits.discovery import measure, revisions, sweep
   sw, m = study.sweep, study.markers
   revs = select_revisions(revisions.from_run(str(p.run(family))), int(sw.every_nth))
   out = {}
@@ -64,11 +64,11 @@ def job_metrics(study, p: Paths, family: str, progress: bool = True) -> dict:
                           second-copy token, on the token after its first occurrence)
     first_mass            [L][H] mean over held-out rows and all query positions of A[t, 0] (BOS mass)
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
 
-  from circuits.discovery import revisions  # pylint: disable=import-outside-toplevel
+  from circuits.discovery import revisions
 
   revs = sorted(revisions.from_run(str(p.run(family))), key=lambda r: r.step)
   path = p.metrics(family)
@@ -115,7 +115,7 @@ def job_metrics(study, p: Paths, family: str, progress: bool = True) -> dict:
 
   bar = None
   if progress:
-    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+    from tqdm.auto import tqdm
     bar = tqdm(total=len(revs), initial=len(have & {r.step for r in revs}), desc=f"metrics {family}", unit="rev")
   with open(path, "a") as f:
     for r in revs:

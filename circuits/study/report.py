@@ -131,7 +131,7 @@ def fig_span_loss(study, p, out: Path) -> str:
 
 
 def fig_ablations(study, p, out: Path) -> str:
-  from circuits.discovery import analysis as A  # pylint: disable=import-outside-toplevel
+  from circuits.discovery import analysis as A
   plt = R._plt()  # pylint: disable=protected-access
   fams = study.family_order
   fig, axes = plt.subplots(1, len(fams), figsize=(4.2 * len(fams), 3.6), squeeze=False)

@@ -36,7 +36,7 @@ def _priority(job: str, study) -> float:
 
 def _progress_units(study, p: Paths, fam: str) -> tuple[int, int]:
   """(done, total) work units of a family: train steps + revisions x (probes + metrics)."""
-  from circuits.train import schedule  # pylint: disable=import-outside-toplevel
+  from circuits.train import schedule
   f, ck = study.families[fam], study.checkpoint
   n_rev = len(schedule.permanent_steps(int(f.steps), log_until=int(ck.log_until), every=int(ck.every)))
   n_sweep = len(select_revisions([_R(s) for s in range(n_rev)], int(study.sweep.every_nth)))
@@ -126,7 +126,7 @@ def _run_parallel(study, p: Paths, todo: list[str], progress: bool, poll_s: floa
   out: dict = {}
   bars = {}
   if progress:
-    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+    from tqdm.auto import tqdm
     for i, fam in enumerate(study.family_order):
       d, tot = _progress_units(study, p, fam)
       bars[fam] = tqdm(total=tot, initial=d, desc=f"{fam:>6}", unit="u", position=i, dynamic_ncols=True,

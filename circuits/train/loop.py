@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 
 from circuits.errors import CircuitsError
 from circuits.models import ModelConfig

@@ -18,9 +18,9 @@ import time
 
 def compile_memory(config, devices=None) -> dict:
   """Lower and compile the train step of `config` abstractly; memory figures in GiB per device."""
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax
 
-  from circuits.train import setup  # pylint: disable=import-outside-toplevel
+  from circuits.train import setup
 
   s = setup(config, devices)
   t = time.time()
