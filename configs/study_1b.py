@@ -55,5 +55,5 @@ def get_config(arg: str = ""):
   c.parallel.cores = ""
   if not arg:
     return c
-  from circuits import study  # pylint: disable=import-outside-toplevel
+  from circuits import study
   return study.run_config(c, arg)

@@ -20,7 +20,7 @@ def get_config(arg: str = ""):
   c.name = "sinks"
   recipe = dict(c.families[FAMILY].to_dict(), steps=STEPS)
   runs = {f"{FAMILY}_{kind}": dict(recipe, family=FAMILY, attention=kind) for kind in ATTENTION_KINDS}
-  import ml_collections  # pylint: disable=import-outside-toplevel
+  import ml_collections
   c.families = ml_collections.ConfigDict(runs)
   c.family_order = tuple(runs)
   c.sweep.n_seeds = 20
@@ -29,5 +29,5 @@ def get_config(arg: str = ""):
   c.data.synthetic.span_min, c.data.synthetic.span_max = 12, 24
   if not arg:
     return c
-  from circuits import study  # pylint: disable=import-outside-toplevel
+  from circuits import study
   return study.run_config(c, arg)

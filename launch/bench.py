@@ -4,13 +4,15 @@
 
 Writes <out>/bench.json (every figure, settings, devices, load average) and <out>/bench.md (the tables of
 docs/benchmarks.md). Device-agnostic: uses jax's default backend and reports jax.devices(). The logic
-lives in circuits/bench.py (definitions of every figure there).
+lives in circuits/bench/ (definitions of every figure in its package docstring).
 """
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags
+
+from circuits import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "out/bench", "output folder (bench.json, bench.md)")
@@ -25,23 +27,11 @@ flags.DEFINE_integer("warmup", None, "untimed calls before timing")
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  from circuits import bench  # pylint: disable=import-outside-toplevel
+  from circuits import bench
 
-  st = bench.Settings.quick_settings() if FLAGS.quick else bench.Settings()
-  if FLAGS.families:
-    st.families = tuple(FLAGS.families)
-  if FLAGS.sizes:
-    st.sizes = tuple(FLAGS.sizes)
-  for item in FLAGS.size_families or ():
-    size, fams = item.split("=")
-    st.size_families[size] = tuple(fams.split("+"))
-  if FLAGS.disc_repeats:
-    st.disc_repeats = FLAGS.disc_repeats
-  if FLAGS.repeats:
-    st.repeats = FLAGS.repeats
-  if FLAGS.warmup is not None:
-    st.warmup = FLAGS.warmup
+  st = bench.settings_from(quick=FLAGS.quick, families=FLAGS.families, sizes=FLAGS.sizes,
+                           size_families=FLAGS.size_families, disc_repeats=FLAGS.disc_repeats, repeats=FLAGS.repeats,
+                           warmup=FLAGS.warmup)
   res = bench.run(st, command=" ".join(["python -m launch.bench", *sys.argv[1:]]), out_dir=FLAGS.out)
   j, md = bench.write(res, FLAGS.out)
   print(md.read_text())
@@ -49,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

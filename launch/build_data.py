@@ -5,12 +5,12 @@ train.batch_size) of data.seq_len + 1 tokens to data.cache (see circuits/data/re
 Override fields on the command line, e.g. `--config.data.n_sequences=4096`.
 """
 
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from circuits import cli
 from circuits.data import cache_builder
 
 FLAGS = flags.FLAGS
@@ -27,12 +27,12 @@ def main(argv):
   try:
     meta = cache_builder.build_cache(cfg.data, seed=int(cfg.seed), n_rows=cache_builder.n_rows_for(cfg),
                                      path=FLAGS.out or None, progress=FLAGS.progress)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"build_data: {e}")
+  except (FileNotFoundError, ValueError) as e:  # a missing corpus / vocabulary, an unknown task: what to run
+    cli.fail(f"build_data: {e}")
   print(f"wrote {meta['n_sequences']} x {meta['seq_len'] + 1} tokens of {meta['task']} "
         f"(vocab {meta['vocab']}, {meta['vocab_size']} ids) to {FLAGS.out or cfg.data.cache} "
         f"in {time.time() - t0:.1f} s")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

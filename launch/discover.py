@@ -11,7 +11,11 @@ circuits.discovery.sweep(revs, out, ...).
 """
 from __future__ import annotations
 
+import os
+
 from absl import app, flags
+
+from circuits import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "our trainer's run directory (Orbax checkpoints under <run>/checkpoints)")
@@ -28,16 +32,7 @@ flags.DEFINE_integer("n_seeds", 20, "matched-random control seeds")
 flags.DEFINE_integer("ablation_examples", None, "first n probe examples used by the ablations (default all)")
 flags.DEFINE_bool("ablations", True, "run the causal checks at every revision")
 flags.DEFINE_bool("analyze", True, "write summary.json and report.html at the end")
-
-
-def _npz(path):
-  if not path:
-    return None
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from circuits.data.probes import ProbeBatch  # pylint: disable=import-outside-toplevel
-  z = np.load(path)
-  return ProbeBatch(*(np.asarray(z[k], np.int32) for k in ("tokens_NxT", "query_pos_N", "target_N", "ab_N")),
-                    name=str(path))
+flags.DEFINE_bool("progress", True, "progress bar over the revisions (stderr)")
 
 
 def main(argv):
@@ -45,16 +40,23 @@ def main(argv):
   if bool(FLAGS.run) == bool(FLAGS.hf_revisions) or not FLAGS.out:
     raise app.UsageError("give exactly one of --run W or --hf_revisions FILE, and --out D, e.g. "
                          "python -m launch.discover --hf_revisions revs.jsonl --out runs/discovery")
-  from circuits.discovery import measure, revisions, sweep  # pylint: disable=import-outside-toplevel
+  for flag in ("run", "hf_revisions", "probe", "natural"):
+    path = FLAGS[flag].value
+    if path and not os.path.exists(path):
+      raise app.UsageError(f"--{flag} {path}: no such {'directory' if flag == 'run' else 'file'}"
+                           + ("; give the --workdir of a `python -m launch.train` run" if flag == "run" else ""))
+  from circuits.data.probes import load_npz
+  from circuits.discovery import measure, revisions, sweep
   revs = revisions.from_run(FLAGS.run) if FLAGS.run else revisions.from_list(FLAGS.hf_revisions)
   cfg = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=FLAGS.chunk, n_detect=FLAGS.n_detect),
                           ablations=FLAGS.ablations, induction_threshold=FLAGS.induction_threshold,
                           n_seeds=FLAGS.n_seeds, ablation_examples=FLAGS.ablation_examples, analyze=FLAGS.analyze)
-  res = sweep.sweep(revs, FLAGS.out, probe=_npz(FLAGS.probe), natural=_npz(FLAGS.natural), cfg=cfg, n=FLAGS.n,
-                    seq_len=FLAGS.seq_len)
+  probe, natural = (load_npz(FLAGS[f].value) if FLAGS[f].value else None for f in ("probe", "natural"))
+  res = sweep.sweep(revs, FLAGS.out, probe=probe, natural=natural, cfg=cfg, n=FLAGS.n, seq_len=FLAGS.seq_len,
+                    progress=FLAGS.progress)
   print(f"measured {len(res['done'])} revision(s), {len(revs) - len(res['done'])} already done; "
         + ", ".join(f"{k}: {v}" for k, v in res["paths"].items()))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

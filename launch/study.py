@@ -11,11 +11,12 @@ summary.json, PNG figures). A rerun skips completed jobs and resumes killed ones
 """
 
 import json
-import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from circuits import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "study config (configs/study_laptop.py)")
 flags.DEFINE_string("workdir", None, "study directory (runs/<name>)")
@@ -30,29 +31,21 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
-  import ml_collections
   from circuits import study
   if FLAGS.resolved:
-    with open(FLAGS.resolved) as f:
-      cfg = study.resolve(ml_collections.ConfigDict(json.load(f)))
+    cfg = study.load_resolved(FLAGS.resolved)
   elif _CONFIG.value is not None:
     cfg = study.resolve(_CONFIG.value)
   else:
     raise app.UsageError("give --config configs/study_laptop.py (and --workdir runs/laptop)")
   workdir = FLAGS.workdir or cfg.get("workdir") or f"runs/{cfg.name}"
-  try:
-    if FLAGS.job:
-      info = study.run_job(cfg, workdir, FLAGS.job, progress=FLAGS.progress)
-      print(json.dumps(info, default=str))
-      return
-    t0 = time.time()
-    done = study.run(cfg, workdir, parallel=not FLAGS.serial, jobs=FLAGS.jobs or None, force=FLAGS.force,
-                     progress=FLAGS.progress)
-  except study.StudyError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  if FLAGS.job:
+    info = study.run_job(cfg, workdir, FLAGS.job, progress=FLAGS.progress)
+    print(json.dumps(info, default=str))
+    return
+  t0 = time.time()
+  done = study.run(cfg, workdir, parallel=not FLAGS.serial, jobs=FLAGS.jobs or None, force=FLAGS.force,
+                   progress=FLAGS.progress)  # StudyError: circuits.cli (one line, exit 2)
   for j, info in done.items():
     print(f"{j:>16}: {info.get('wall_s', 0):8.1f} s")
   print(f"study: {len(done)} job(s) run in {time.time() - t0:.1f} s (others already done); report: "
@@ -60,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -10,10 +10,11 @@ reads only its own slice of every global batch from the token cache (circuits.st
 """
 
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from circuits import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (configs/<name>.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: metrics.jsonl, tb/, checkpoints/.")
@@ -26,8 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  from circuits.models import ConfigError
-  from circuits.train import NonFiniteLossError, WorkdirError, train
+  from circuits.train import train
 
   source = None
   if _DIST.value:
@@ -35,13 +35,9 @@ def main(argv):
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
     if _CONFIG.value.data.cache:
       source = distributed.ProcessSliceSource(_CONFIG.value)
-  try:
-    summary = train(_CONFIG.value, _WORKDIR.value, source=source)
-  except (ConfigError, WorkdirError, NonFiniteLossError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  summary = train(_CONFIG.value, _WORKDIR.value, source=source)  # errors: circuits.cli (one line, exit 2)
   print(json.dumps(summary))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

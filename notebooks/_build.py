@@ -161,7 +161,7 @@ PUBLIC = [
     "them. `REVISIONS` is a JSON-lines or CSV list (`name,path,tokens[,step]`; tokens derivable from Pythia "
     "`step{N}` / OLMo `step{N}-tokens{X}B` names) of local checkpoint directories, e.g. fetched with "
     "`huggingface-cli download EleutherAI/pythia-1b --revision step1000 --local-dir pythia-1b/step1000`. Without "
-    "`REVISIONS` the notebook builds random tiny fixture models locally (tests/hf_fixtures.py) -- never a hub.",
+    "`REVISIONS` the notebook builds random tiny fixture models locally (circuits/convert/fixtures.py) -- never a hub.",
     SETUP,
     '''# Parameters
 import tempfile
@@ -172,7 +172,7 @@ N_SEEDS = int(os.environ.get("NB_SEEDS", "20"))''',
     '''import json
 from pathlib import Path
 if not REVISIONS:  # tiny stand-in: three random "revisions" of a tiny GPT-NeoX, saved locally
-  from tests.hf_fixtures import make_hf_dir
+  from circuits.convert.fixtures import make_hf_dir
   d = Path(OUT) / "hf"
   lines = []
   for i, step in enumerate((1, 143000)):

@@ -178,8 +178,7 @@ def fsize(root: str) -> int:
   return 0
 
 
-if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # run with PYTHONPATH=<repository root> (tests/test_faults.py's env)
   if sys.argv[1] == "ckpt":
     sys.exit(ckpt_trials(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])))
   if sys.argv[1] == "fsize":

@@ -2,14 +2,15 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from circuits.convert import ConversionError, from_hf, load_converted
-from tests import hf_fixtures as fx
+from circuits.convert import ConversionError, convert_dir, from_hf, load_converted
+from circuits.convert import fixtures as fx
 
 
 @pytest.fixture(scope="module")
@@ -154,13 +155,16 @@ def test_bad_config_field(src, tmp_path):
     from_hf(d)
 
 
-def test_cli_round_trip(src, tmp_path, capsys):
-  from launch import convert as cli
+def test_cli_round_trip(src, tmp_path):
+  import subprocess
+  import sys
 
   out = tmp_path / "converted"
-  cli.FLAGS(["convert", f"--hf_dir={src['olmoe']}", f"--out={out}"])
-  cli.main([])
-  printed = capsys.readouterr().out
+  root = Path(__file__).resolve().parents[1]
+  r = subprocess.run([sys.executable, "-m", "launch.convert", f"--hf_dir={src['olmoe']}", f"--out={out}"], cwd=root,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  printed = r.stdout
   assert "MB/s" in printed and "olmoe" in printed
   assert (out / "config.json").exists() and (out / "params").is_dir()
 
@@ -171,4 +175,8 @@ def test_cli_round_trip(src, tmp_path, capsys):
   logits = nnx.jit(lambda m, x: m(x).logits_BxTxV)  # one compile: both models share a graphdef
   np.testing.assert_array_equal(np.asarray(logits(model_b, tokens_BxT)), np.asarray(logits(model_a, tokens_BxT)))
   with pytest.raises(ConversionError, match="already exists"):
-    cli.convert(src["olmoe"], out)
+    convert_dir(src["olmoe"], out)
+  again = subprocess.run([sys.executable, "-m", "launch.convert", f"--hf_dir={src['olmoe']}", f"--out={out}"],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 2 and again.stderr.startswith("error: ") and "already exists" in again.stderr
+  assert len(again.stderr.strip().splitlines()) == 1 and "Traceback" not in again.stderr

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -18,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _data_cfg(**kw):
-  from configs.base import base_config  # pylint: disable=import-outside-toplevel
+  from configs.base import base_config
   d = base_config().data
   d.update(dict(task="circuits.combined", vocab="synthetic:384", seq_len=48, n_sequences=96, add_bos=True,
                 pack=True))
@@ -165,8 +164,8 @@ def test_natural_text_packing(tmp_path, pack):
 @pytest.mark.parametrize("family", ["pythia", "olmo"])
 def test_segment_mask_matches_documents_run_alone(family):
   """With segment masking, a packed sequence gives the same per-document logits as the documents alone."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from circuits.models import ModelConfig, build_model  # pylint: disable=import-outside-toplevel
+  from flax import nnx
+  from circuits.models import ModelConfig, build_model
 
   rng = np.random.default_rng(0)
   docs = [np.append(rng.integers(3, 100, size=n), synthetic.EOS_ID) for n in (9, 13, 30)]

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import jax
 import numpy as np
@@ -28,6 +27,7 @@ from circuits.train import checkpoint as ckpt
 from circuits.train import restore_params, train
 from circuits.train.data import SyntheticRepeatSource
 from configs.families import family_config
+from tests.damage import DAMAGES, damage, data_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "fault_worker.py")
@@ -145,27 +145,11 @@ def test_sigterm_commits_current_step_and_resumes_bitwise(at, delay, straight, t
   same_run(straight, tmp_path)
 
 
-def _data_files(step_dir):
-  d = os.path.join(step_dir, "state", "ocdbt.process_0", "d")
-  return sorted((os.path.join(d, f) for f in os.listdir(d)), key=os.path.getsize)
-
-
-@pytest.mark.parametrize("damage", ["flip", "zero", "truncate", "delete"])
-def test_corrupted_array_names_step_and_array(damage, straight, tmp_path):
+@pytest.mark.parametrize("how", DAMAGES)
+def test_corrupted_array_names_step_and_array(how, straight, tmp_path):
   w = tmp_path / "run"
   shutil.copytree(straight, w)
-  target = _data_files(w / "checkpoints" / str(STEPS))[-1]  # the biggest array file
-  data = bytearray(open(target, "rb").read())
-  if damage == "flip":
-    data[len(data) // 2] ^= 0xFF
-  elif damage == "zero":
-    data[64:-64] = bytes(len(data) - 128)
-  elif damage == "truncate":
-    data = data[: len(data) // 2]
-  if damage == "delete":
-    os.remove(target)
-  else:
-    open(target, "wb").write(bytes(data))
+  damage(data_files(w / "checkpoints" / str(STEPS))[-1], how)  # the biggest array file
   pattern = rf"checkpoint step {STEPS} in .*array (params|opt_state)\.\S+ "
   try:  # params only (discovery's path): an error, or exactly the saved params if the file held opt_state only
     got, _ = restore_params(str(w), STEPS)
@@ -196,7 +180,7 @@ def test_nan_skip_keeps_optimizer_state(tmp_path):
   assert train(c, str(tmp_path), source=NaNAt2())["n_skipped"] == 1
   s = setup(c)
   mgr = ckpt.make_manager(str(tmp_path), permanent=[], resume_every=1, keep_resume=10)
-  (a, ma), (b, mb) = ckpt.restore(mgr, 2, s.abstract_state), ckpt.restore(mgr, 3, s.abstract_state)
+  (a, _), (b, mb) = ckpt.restore(mgr, 2, s.abstract_state), ckpt.restore(mgr, 3, s.abstract_state)
   mgr.close()
   eq = lambda x, y: all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
   assert eq(a["params"], b["params"]) and eq(a["opt_state"], b["opt_state"])
@@ -291,7 +275,7 @@ def test_bad_config_names_field_before_compute(edit, field, tmp_path):
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-  from tests import hf_fixtures as fx
+  from circuits.convert import fixtures as fx
   return fx.make_hf_dir(tmp_path_factory.mktemp("hf") / "olmo", "olmo_gqa_noclip")
 
 

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 from circuits import diagnostics as D  # noqa: E402
 from circuits.data.probes import baseline_positions, natural_induction_batch, synthetic_induction_batch  # noqa: E402
 from circuits.discovery import measure  # noqa: E402
-from tests import hf_fixtures as F  # noqa: E402
+from circuits.convert import fixtures as F  # noqa: E402
 
 N, T = 64, 32
 RTOL = 1e-4

@@ -243,7 +243,7 @@ def test_ragged_and_dense_moe_agree():
 def test_rows_match_hf_attentions(tmp_path):
   """[B, L, H, S] rows at a different query position per example == HF eager attentions there."""
   from circuits.convert import from_hf
-  from tests import hf_fixtures as fx
+  from circuits.convert import fixtures as fx
 
   name = "olmoe_gqa_top3"  # GQA, QK-norm, clip, MoE (all families' rows are in tests/test_parity.py)
   path = fx.make_hf_dir(tmp_path / name, name, seed=3)

@@ -2,7 +2,7 @@
 
 The kernel is the current interpreter's (nbclient's native python3 kernel, launched with sys.executable).
 quickstart: 12 steps of the pythia family; run_analysis: an 8-step 2-layer stand-in run (checkpoints 0, 1, 2, 8),
-swept; public_revisions: two random tiny GPT-NeoX fixtures saved locally (tests/hf_fixtures.py), converted and swept -- no hub.
+swept; public_revisions: two random tiny GPT-NeoX fixtures saved locally (circuits/convert/fixtures.py), converted and swept -- no hub.
 """
 
 from __future__ import annotations

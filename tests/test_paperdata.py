@@ -4,10 +4,8 @@ published per-head tables (../shared/paperdata), through our importer and analys
 Where the text and the data disagree, the test pins what the DATA says and the docstring says how it
 differs; definitions are not bent to make the text come out.
 """
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from circuits.discovery import analysis as A

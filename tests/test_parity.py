@@ -1,6 +1,6 @@
 """Parity: converted checkpoints vs the Hugging Face torch models they came from, in fp32.
 
-Random tiny HF models (tests/hf_fixtures.py: every weight random, norms and biases included) for each
+Random tiny HF models (circuits/convert/fixtures.py: every weight random, norms and biases included) for each
 family and config; logits within 1e-4 and attention probabilities (HF eager, output_attentions) within
 1e-5 of our rows at every query position. Old-format exports (published config spellings, fused or
 per-expert OLMoE experts, sharded index, pytorch_model.bin) convert to the same parameters and logits.
@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from circuits.convert import from_hf, load_hf
-from tests import hf_fixtures as fx
+from circuits.convert import fixtures as fx
 
 B, T = 2, 12
 LOGIT_TOL, ATTN_TOL = 1e-4, 1e-5

@@ -57,7 +57,7 @@ for fam in sys.argv[1:2]:
     res.append(dict(mesh=mesh, dloss=dl, dparam=dp, dsel=ds))
   out[fam] = res
 if fam == "olmoe":
-  from launch.memory_1b import compile_memory
+  from circuits.train.memory import compile_memory
   c = family_config("olmoe", "tiny")
   c.model.update(d_model=32, d_ff=64)
   c.mesh.update(data=1, fsdp=8)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from circuits.errors import CircuitsError
 
-class ConversionError(ValueError):
+
+class ConversionError(CircuitsError, ValueError):
   """A checkpoint cannot be converted; the message names the file or key and expected vs found."""
 
 

@@ -95,3 +95,22 @@ def load_converted(out, **overrides):
 
 def to_numpy(params: dict) -> dict:
   return {k: to_numpy(v) if isinstance(v, dict) else np.asarray(v) for k, v in params.items()}
+
+
+def convert_dir(hf_dir, out, dtype: str = "float32", revision: str = "") -> dict:
+  """Convert the Hugging Face directory `hf_dir` and save it to `out` (what `launch.convert` runs).
+
+  Returns load_hf's info dict (model_type, files, bytes_read, seconds, mb_per_s, ...) plus save_seconds
+  and cfg (the ModelConfig). Raises ConversionError naming the file/key, or when `out` holds params/.
+  """
+  import time
+
+  from circuits.convert.hf import load_hf  # (hf imports this module)
+
+  cfg, params, info = load_hf(hf_dir, dtype=dtype)
+  t0 = time.perf_counter()
+  save_converted(out, cfg, params, source=dict(hf_dir=str(hf_dir), model_type=info["model_type"],
+                                               revision=revision, files=info["files"]))
+  info["save_seconds"] = time.perf_counter() - t0
+  info["cfg"] = cfg
+  return info

@@ -24,7 +24,7 @@ ROWS_PER_WRITE = 4096
 
 
 def _tasks_module():
-  from circuits.data import tasks  # pylint: disable=import-outside-toplevel
+  from circuits.data import tasks
   return tasks
 
 
@@ -65,7 +65,7 @@ def check_inputs(data_cfg) -> None:
 
 def examples(data_cfg, seed: int) -> tuple[Iterator[np.ndarray], Any, str]:
   """(iterator over the task's token arrays, seqio vocabulary, full task name) for `data_cfg`."""
-  import seqio  # pylint: disable=import-outside-toplevel
+  import seqio
 
   tasks = _tasks_module()
   check_inputs(data_cfg)
@@ -205,7 +205,7 @@ def build_cache(data_cfg, seed: int, n_rows: int, path: str | None = None, progr
             "positions": _create(tmp, "positions", pos_dtype, (n_rows, width), chunk_rows)}
   bar = None
   if progress:
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    from tqdm import tqdm
     bar = tqdm(total=n_rows, unit="rows", desc=f"{task} -> {path}")
   block = max(chunk_rows, (ROWS_PER_WRITE // chunk_rows) * chunk_rows)
   rows = {k: [] for k in arrays}

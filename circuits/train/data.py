@@ -67,6 +67,30 @@ class CacheSource:
     return out
 
 
+def check_vocab(config, model_cfg) -> None:
+  """Refuse, before any compute, a model whose embedding cannot hold every id of the token cache.
+
+  The cache records its vocabulary in meta.json (`vocab`, and `vocab_size`: ids are in [0, vocab_size)).
+  With model.vocab_size < that, token ids index past the embedding and the loss is NaN from step 0 (and
+  train.nan_policy=skip would skip every step and save checkpoints of a model that never trained). Raises
+  ConfigError naming both sizes and the fix; CacheError (circuits.data.reader) when data.cache is set but
+  no cache was built there. Nothing to check without a cache (the synthetic source uses model.vocab_size).
+  """
+  if not config.data.cache:
+    return
+  from circuits.data.reader import read_meta  # imported only when a cache is used
+  from circuits.models.config import ConfigError
+
+  cache = str(config.data.cache)
+  meta = read_meta(cache)
+  have = int(meta["vocab_size"])
+  if int(model_cfg.vocab_size) < have:
+    raise ConfigError(f"model.vocab_size={model_cfg.vocab_size} is smaller than the vocabulary of the token cache "
+                      f"{cache!r} ({have} ids, data.vocab={meta.get('vocab')!r}): the model cannot embed "
+                      f"its ids; set model.vocab_size >= {have} (e.g. --config.model.vocab_size={have}) or point "
+                      "data.cache at a cache built with the model's vocabulary")
+
+
 def from_config(config, model_cfg) -> BatchSource:
   """The cache at data.cache if set, else the synthetic repeated-span source (for tests and demos)."""
   d = config.data

@@ -20,8 +20,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 
+from circuits.errors import CircuitsError
 from circuits.models import ModelConfig
 from circuits.rundir import METRICS_FILE, RUN_FILE, TB_DIR
 from circuits.train import checkpoint as ckpt
@@ -33,11 +33,11 @@ from circuits.train import step as step_lib
 from circuits.train import writers
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(CircuitsError, RuntimeError):
   """The loss (or gradient norm) became NaN/Inf under train.nan_policy='abort'."""
 
 
-class WorkdirError(OSError):
+class WorkdirError(CircuitsError, OSError):
   """The workdir cannot be created or written."""
 
 
@@ -124,10 +124,12 @@ def train(config, workdir: str, *, source: data_lib.BatchSource | None = None, d
   """Train (or resume from the newest committed checkpoint in `workdir`) and return a summary dict.
 
   Writes <workdir>/metrics.jsonl, <workdir>/tb/ (TensorBoard), <workdir>/checkpoints/<step>/ and run.json.
-  Raises ConfigError (naming the field) or WorkdirError before any compute, NonFiniteLossError on a
-  NaN/Inf loss under nan_policy='abort'.
+  Raises ConfigError (naming the field; also a model.vocab_size smaller than the token cache's vocabulary),
+  CacheError (no cache at data.cache) or WorkdirError before any compute, NonFiniteLossError on a NaN/Inf
+  loss under nan_policy='abort'.
   """
   cfg, model_cfg = config_lib.validate(config)
+  data_lib.check_vocab(cfg, model_cfg)
   workdir = check_workdir(workdir)
   s = setup(cfg, devices)
   cfg, tr, ck = s.config, s.config.train, s.config.checkpoint

@@ -65,10 +65,6 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices=None) -> Mesh:
   return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
-def batch_axis_size(mesh: Mesh) -> int:
-  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
-
-
 def logical_to_spec(names, shape, mesh: Mesh) -> P:
   """PartitionSpec of an array with logical axis `names` (None entries stay replicated)."""
   names = tuple(names) if names else (None,) * len(shape)
@@ -114,10 +110,6 @@ def tree_shardings_like(tree, params_tree, params_shardings, mesh: Mesh):
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   """Batch-major arrays: dimension 0 split over the data, fsdp and expert axes."""
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
-
-
-def describe(mesh: Mesh) -> str:
-  return " x ".join(f"{a}={mesh.shape[a]}" for a in MESH_AXES)
 
 
 def with_sharding(abstract: Any, shardings: Any):

@@ -1,6 +1,6 @@
 """Random tiny Hugging Face checkpoints, built locally (never downloaded), for parity and conversion tests.
 
-    from tests.hf_fixtures import FIXTURES, make_hf_dir, to_old_format
+    from circuits.convert.fixtures import FIXTURES, make_hf_dir, to_old_format
     path = make_hf_dir(tmp_path / "olmoe", "olmoe_gqa_top3")   # save_pretrained'ed, safetensors
     model = load_hf_model(path)                                   # the HF torch model (eval, fp32, eager)
     old = to_old_format(path, tmp_path / "old", bin=True, shard=False, fused_experts=True)
@@ -8,7 +8,8 @@
 FIXTURES maps a name to (model_type, config kwargs). Every fixture is seeded (torch.manual_seed) and every
 parameter -- norms and biases included -- is re-drawn from a normal with std `std` (default 0.2; norm gains 1 + normal), so a
 conversion that drops a norm weight or a bias cannot pass parity by accident. Sizes: d_model 32-64,
-2 layers, vocab 128. Requires torch and transformers (tests only).
+2 layers, vocab 128. Requires torch and transformers (the tests, launch.demo and circuits.bench's conversion
+figures use them; imported lazily, so importing this module needs neither).
 
 Covered: GPT-NeoX (multi-head only: its fused QKV has no GQA) with rotary fraction 0.25 and 1.0,
 parallel and sequential residual; OLMo with MHA and GQA, clip_qkv on/off, rotary 1.0; OLMoE with
