@@ -4,7 +4,6 @@ subprocesses (`python -m launch.study --job ...`), one per core, pinned with tas
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import signal
