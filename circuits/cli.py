@@ -11,8 +11,8 @@
   ml_collections' DEFINE_config_file) exists and that every `--config.<field>` override names a field of
   it (with close matches from difflib); absl's own flag errors (a missing required flag, a bad value) are
   reported the same way.
-- boundary() turns the project's errors (circuits.errors.user_errors(): CircuitsError and the older types
-  such as ConfigError, CheckpointCorruptError, RevisionError) and absl's app.UsageError into one line.
+- boundary() turns the project's errors (every one subclasses circuits.errors.CircuitsError: ConfigError,
+  CheckpointCorruptError, RevisionError, CacheError, ...) and absl's app.UsageError into one line.
 
 One line means: `error: <message>` on stderr, the message's own lines joined, no traceback and no chained
 exception, exit status EXIT_USAGE (2). Any other exception is a bug and keeps its traceback (exit 1).

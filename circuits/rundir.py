@@ -29,13 +29,14 @@ import os
 import re
 from pathlib import Path
 from typing import Optional
+from circuits.errors import CircuitsError
 
 RUN_FILE, METRICS_FILE, TB_DIR, CKPT_DIR = "run.json", "metrics.jsonl", "tb", "checkpoints"
 ITEMS = ("state", "meta")  # the items of every checkpoint step
 FINGERPRINTS = "fingerprints"  # meta key: {array path: uint32 fingerprint} of the saved state
 
 
-class CheckpointCorruptError(RuntimeError):
+class CheckpointCorruptError(CircuitsError, RuntimeError):
   """A committed checkpoint's array cannot be read or does not match the fingerprint written with it."""
 
 

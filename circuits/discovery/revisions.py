@@ -22,12 +22,13 @@ import math
 import re
 from pathlib import Path
 from typing import Callable, Iterable, Optional
+from circuits.errors import CircuitsError
 
 PYTHIA_TOKENS_PER_STEP = 2_097_152  # 1024 x 2048
 _SAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 
 
-class RevisionError(ValueError):
+class RevisionError(CircuitsError, ValueError):
   """A revision list or run directory is malformed; the message names the entry and the fix."""
 
 

@@ -27,6 +27,7 @@ from typing import Iterable, Union
 
 import numpy as np
 import pandas as pd
+from circuits.errors import CircuitsError
 
 CLASSES = ("induction", "duplicate", "previous", "self", "first", "local")
 """Head classes; `sel_<class>` is the class's selectivity (see METHODS.md for each class's target)."""
@@ -50,7 +51,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9._+=-]+$")
 PathLike = Union[str, os.PathLike]
 
 
-class TableError(ValueError):
+class TableError(CircuitsError, ValueError):
   """A table does not follow the contract; the message names the problem and the fix."""
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping
+from circuits.errors import CircuitsError
 
 FAMILIES = ("pythia", "olmo", "olmoe")
 ATTENTION_KINDS = ("softmax", "softmax1", "sink_logit", "gated", "sigmoid")
 MOE_IMPLS = ("ragged", "dense")
 
 
-class ConfigError(ValueError):
+class ConfigError(CircuitsError, ValueError):
   """A config field is unknown, missing or inconsistent; the message names it."""
 
 
