@@ -8,9 +8,10 @@
 Key tables and named transforms: circuits/convert/tables.py. File reading: reader.py. Orbax store: store.py.
 """
 
+from circuits.convert import random_hf
 from circuits.convert.hf import config_from_hf, convert_tensors, from_hf, load_hf, model_from_params
 from circuits.convert.reader import Checkpoint, ConversionError
 from circuits.convert.store import convert_dir, load_converted, load_params, save_converted
 
 __all__ = ["Checkpoint", "ConversionError", "config_from_hf", "convert_dir", "convert_tensors", "from_hf",
-           "load_converted", "load_hf", "load_params", "model_from_params", "save_converted"]
+           "load_converted", "load_hf", "load_params", "model_from_params", "random_hf", "save_converted"]

@@ -120,8 +120,11 @@ def _ours_for(path: str, cfg: ModelConfig) -> list[tuple[str, dict]]:
   return [(path, {})]
 
 
-def convert_tensors(ckpt: Checkpoint, model_type: str, cfg: ModelConfig, *, dtype="float32") -> dict:
-  """Flat {our dotted path: np.ndarray} from the checkpoint's tensors, by the family's key table."""
+def convert_tensors(ckpt: Checkpoint, model_type: str, cfg: ModelConfig, *, dtype="float32", place=None) -> dict:
+  """Flat {our dotted path: np.ndarray} from the checkpoint's tensors, by the family's key table.
+
+  place: optional fn applied to each converted array as soon as it is ready (e.g. jax.device_put), so the
+  host copy is freed tensor by tensor instead of holding the whole model twice."""
   table = tables.TABLES[model_type]
   shapes = _abstract_params(cfg)
   out, used = {}, set()
@@ -162,7 +165,8 @@ def convert_tensors(ckpt: Checkpoint, model_type: str, cfg: ModelConfig, *, dtyp
         value = tr.fn(_checked(ckpt, key, tr.hf_shape(shape)), shape)
         used.add(key)
       assert value.shape == shape, (ours, value.shape, shape)
-      out[ours] = cast(value)
+      out[ours] = cast(value) if place is None else place(cast(value))
+      del value
   extra = [k for k in ckpt.keys() if k not in used and not tables.is_skipped(k)]
   if extra:
     raise ConversionError(f"{ckpt.file_of(extra[0])}: unknown tensor(s) {extra[:5]} (expected only the "
@@ -212,8 +216,8 @@ def _tree_map(fn, tree):
   return fn(tree)
 
 
-def load_hf(path, *, dtype="float32", **overrides) -> tuple[ModelConfig, dict, dict]:
-  """(cfg, nested params of numpy arrays, info) from a HF checkpoint directory.
+def load_hf(path, *, dtype="float32", place=None, **overrides) -> tuple[ModelConfig, dict, dict]:
+  """(cfg, nested params of numpy arrays -- or of `place`'s results --, info) from a HF checkpoint directory.
 
   info: model_type, bytes_read, seconds (open + read + transform), mb_per_s, files.
   """
@@ -221,7 +225,7 @@ def load_hf(path, *, dtype="float32", **overrides) -> tuple[ModelConfig, dict, d
   cfg = config_from_hf(hf, param_dtype=dtype, **overrides)
   t0 = time.perf_counter()
   ckpt = Checkpoint(path)
-  flat = convert_tensors(ckpt, hf["model_type"], cfg, dtype=dtype)
+  flat = convert_tensors(ckpt, hf["model_type"], cfg, dtype=dtype, place=place)
   dt = time.perf_counter() - t0
   info = dict(model_type=hf["model_type"], bytes_read=ckpt.bytes_read, seconds=dt,
               mb_per_s=ckpt.bytes_read / 1e6 / max(dt, 1e-9),
@@ -235,5 +239,7 @@ def from_hf(path, *, dtype="float32", **overrides):
   dtype: parameter dtype of the converted model (float32 for parity; bfloat16 halves memory).
   overrides: ModelConfig fields to set on top of config.json (e.g. moe_impl='dense').
   """
-  cfg, params, _ = load_hf(path, dtype=dtype, **overrides)
+  import jax  # pylint: disable=import-outside-toplevel
+  # each tensor goes to the device as soon as it is converted: peak host memory is about the model once
+  cfg, params, _ = load_hf(path, dtype=dtype, place=jax.device_put, **overrides)
   return cfg, model_from_params(cfg, params)

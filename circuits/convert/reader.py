@@ -29,6 +29,7 @@ class Checkpoint:
     self._where: dict[str, Path] = {}  # key -> file
     self._handles: dict[Path, object] = {}
     self._bin: dict[str, np.ndarray] = {}
+    self._unread: dict[Path, set] = {}  # file -> keys not yet read (the handle is released when empty)
     p = self.path
     if not p.is_dir():
       raise ConversionError(f"{p}: not a checkpoint directory (expected a folder with config.json and "
@@ -105,17 +106,41 @@ class Checkpoint:
   def file_of(self, key) -> Path:
     return self._where[key]
 
+  def _handle(self, f: Path):
+    """The open handle of file f (reopened if it was released)."""
+    if f not in self._handles:
+      if f.suffix == ".bin":
+        self._load_bin(f)
+      else:
+        self._open_safetensors(f)
+    return self._handles[f]
+
   def shape(self, key) -> tuple:
-    h = self._handles[self._where[key]]
-    return tuple(h.get_slice(key).get_shape())
+    return tuple(self._handle(self._where[key]).get_slice(key).get_shape())
 
   def get(self, key) -> np.ndarray:
+    """Tensor `key` as a numpy array (bfloat16 files give ml_dtypes.bfloat16 arrays). A file's handle (its
+    memory map, or a torch pickle's tensors) is released once every tensor in it has been read, so a
+    layer-ordered conversion keeps about one shard resident, not the whole checkpoint."""
     f = self._where[key]
     try:
-      x = self._handles[f].get_tensor(key)
+      h = self._handle(f)
+      sl = h.get_slice(key)
+      if getattr(sl, "get_dtype", lambda: "")() == "BF16":  # numpy has no bfloat16: read through jax
+        from safetensors import safe_open
+        with safe_open(str(f), framework="flax") as fl:
+          x = np.asarray(fl.get_tensor(key))
+      else:
+        x = h.get_tensor(key)
+    except ConversionError:
+      raise
     except Exception as e:
       raise ConversionError(f"{f}: cannot read tensor {key} (truncated file?): {e}") from e
     self.bytes_read += x.nbytes
+    self._unread.setdefault(f, {k for k, v in self._where.items() if v == f}).discard(key)
+    if not self._unread[f]:
+      self._handles.pop(f, None)
+      self._unread.pop(f)
     return x
 
 
