@@ -2,6 +2,12 @@
 
   python -m launch.discover --run W --out D            # our trainer's Orbax run directory
   python -m launch.discover --hf_revisions FILE --out D  # list of converted / HF checkpoint directories
+  python -m launch.discover --hf_repo EleutherAI/pythia-1b --revisions paper --out D   # public revisions
+  python -m launch.discover --hf_repo allenai/OLMo-1B-0724-hf --revisions all --dry_run  # what would be fetched
+
+--revisions: paper (the paper's 10), all (Pythia's 154, or every step branch of the repo), step1000,step3000,
+or a file with one name per line. Each revision's config and weights are fetched into the Hugging Face cache
+(HF_HUB_CACHE; HF_HUB_OFFLINE=1 serves from it), one at a time, and converted in memory (--dtype).
 
 FILE: JSON lines {"name", "path", "tokens"[, "step"]} or CSV `name,path,tokens[,step]` (tokens derivable
 from Pythia `step{N}` and OLMo `step{N}-tokens{X}B` names). A killed sweep resumes where it stopped.
@@ -20,6 +26,12 @@ from circuits import cli
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "our trainer's run directory (Orbax checkpoints under <run>/checkpoints)")
 flags.DEFINE_string("hf_revisions", None, "list file of converted / Hugging Face revision directories")
+flags.DEFINE_string("hf_repo", None, "a Hugging Face Hub model repository, e.g. EleutherAI/pythia-1b")
+flags.DEFINE_string("revisions", "paper", "with --hf_repo: paper, all, a comma-separated list, or a file")
+flags.DEFINE_string("cache_dir", None, "with --hf_repo: the Hugging Face cache folder (default: HF_HUB_CACHE)")
+flags.DEFINE_bool("dry_run", False, "with --hf_repo: list the revisions and what would be fetched, then stop")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "parameter dtype of Hugging Face checkpoints "
+                  "(bfloat16 halves memory; attention and every measurement stay fp32)")
 flags.DEFINE_string("out", None, "output folder")
 flags.DEFINE_string("probe", None, "optional .npz synthetic/in-distribution probe (query at T-1)")
 flags.DEFINE_string("natural", None, "optional .npz natural-text induction batch")
@@ -37,17 +49,31 @@ flags.DEFINE_bool("progress", True, "progress bar over the revisions (stderr)")
 
 def main(argv):
   del argv
-  if bool(FLAGS.run) == bool(FLAGS.hf_revisions) or not FLAGS.out:
-    raise app.UsageError("give exactly one of --run W or --hf_revisions FILE, and --out D, e.g. "
-                         "python -m launch.discover --hf_revisions revs.jsonl --out runs/discovery")
+  sources = [f for f in ("run", "hf_revisions", "hf_repo") if FLAGS[f].value]
+  if len(sources) != 1 or not (FLAGS.out or FLAGS.dry_run):
+    raise app.UsageError("give exactly one of --run W, --hf_revisions FILE or --hf_repo REPO, and --out D, e.g. "
+                         "python -m launch.discover --hf_repo EleutherAI/pythia-1b --revisions paper --out runs/pythia")
   for flag in ("run", "hf_revisions", "probe", "natural"):
     path = FLAGS[flag].value
     if path and not os.path.exists(path):
       raise app.UsageError(f"--{flag} {path}: no such {'directory' if flag == 'run' else 'file'}"
                            + ("; give the --workdir of a `python -m launch.train` run" if flag == "run" else ""))
+  if FLAGS.dry_run and not FLAGS.hf_repo:
+    raise app.UsageError("--dry_run lists what --hf_repo would fetch; give --hf_repo")
   from circuits.data.probes import load_npz
   from circuits.discovery import measure, revisions, sweep
-  revs = revisions.from_run(FLAGS.run) if FLAGS.run else revisions.from_list(FLAGS.hf_revisions)
+  if FLAGS.hf_repo:
+    from circuits.discovery import hub
+    if FLAGS.dry_run:
+      print(hub.plan_table(FLAGS.hf_repo, hub.resolve(FLAGS.hf_repo, FLAGS.revisions, FLAGS.cache_dir),
+                           FLAGS.cache_dir))
+      return
+    revs = hub.revisions(FLAGS.hf_repo, FLAGS.revisions, cache_dir=FLAGS.cache_dir, dtype=FLAGS.dtype)
+  elif FLAGS.run:
+    revs = revisions.from_run(FLAGS.run)
+  else:
+    revs = revisions.from_list(FLAGS.hf_revisions,
+                               loader=lambda p: revisions.load_checkpoint_dir(p, dtype=FLAGS.dtype))
   cfg = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=FLAGS.chunk, n_detect=FLAGS.n_detect),
                           ablations=FLAGS.ablations, induction_threshold=FLAGS.induction_threshold,
                           n_seeds=FLAGS.n_seeds, ablation_examples=FLAGS.ablation_examples, analyze=FLAGS.analyze)

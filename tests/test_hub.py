@@ -10,6 +10,9 @@ HubError naming the problem; `plan` offline lists what the cache holds; a sweep 
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import shutil
 from pathlib import Path
 
@@ -19,6 +22,8 @@ import pytest
 pytest.importorskip("torch")
 
 from circuits.discovery import hub  # pylint: disable=wrong-import-position
+
+ROOT = Path(__file__).resolve().parents[1]
 from circuits.convert import fixtures as F  # pylint: disable=wrong-import-position
 
 
@@ -105,6 +110,8 @@ def test_clear_errors(cache, tmp_path):
   c, _ = cache
   with pytest.raises(hub.HubError, match="not in the local Hugging Face cache"):
     hub.fetch("local/tiny-pythia", "step999", c)
+  with pytest.raises(hub.HubError, match=r"\['step999'\] not in the local Hugging Face cache"):
+    hub.revisions("local/tiny-pythia", "step1,step999", cache_dir=c)
   with pytest.raises(hub.HubError, match="expected owner/name"):
     hub.revisions("pythia-1b", "paper")
   with pytest.raises(hub.HubError, match="the paper measured"):
@@ -137,15 +144,26 @@ def test_plan_offline_lists_the_cache(cache):
   assert not rows[1]["cached"]
 
 
-def test_sweep_over_hub_revisions(cache, tmp_path):
-  from circuits.data.probes import synthetic_induction_batch
-  from circuits.discovery import measure, sweep
-  c, _ = cache
-  revs = hub.revisions("local/tiny-pythia", "all", cache_dir=c)
-  probe = synthetic_induction_batch(n=8, seq_len=24, lo=10, hi=F.VOCAB)
-  cfg = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=8, n_detect=1), ablations=False, analyze=False)
-  res = sweep.sweep(revs, tmp_path / "out", probe=probe, cfg=cfg)
-  assert len(res["done"]) == 3
+def _cli(cache_dir, *args):
+  env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+  return subprocess.run([sys.executable, "-m", "launch.discover", "--hf_repo", "local/tiny-pythia", "--cache_dir",
+                         str(cache_dir), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_hub_sweep_dry_run_and_errors(cache, tmp_path):
+  """The one-command path, offline from the cache: a dry run lists the cached revisions; a sweep writes
+  the table of every revision; a revision missing from the cache is one line and exit 2, writing nothing."""
   import pandas as pd
-  df = pd.read_csv(res["paths"]["table"])
-  assert sorted(df["revision"].unique()) == ["step1", "step16", "step256"]
+  c, _ = cache
+  r = _cli(c, "--revisions", "all", "--dry_run")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "3 revision(s) of local/tiny-pythia; 3 cached" in r.stdout and "step256" in r.stdout
+  out = tmp_path / "out"
+  r = _cli(c, "--revisions", "all", "--out", str(out), "--n", "8", "--seq_len", "24", "--ablations=false",
+           "--analyze=false", "--progress=false")
+  assert r.returncode == 0, r.stderr[-2000:]
+  df = pd.read_csv(out / "table.csv")
+  assert sorted(df["revision"].unique()) == ["step1", "step16", "step256"] and len(df) == 3 * 2 * 4
+  r = _cli(c, "--revisions", "step1,step999", "--out", str(tmp_path / "bad"), "--n", "8", "--seq_len", "24")
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "step999" in r.stderr

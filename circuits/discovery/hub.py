@@ -70,6 +70,27 @@ def cached_branches(repo_id: str, cache_dir=None) -> list[str]:
   return sorted((str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()), key=_step_key)
 
 
+def check_available(repo_id: str, names: Sequence[str], cache_dir=None) -> None:
+  """Raises one HubError naming every revision that cannot be had, before anything is measured: online,
+  names that are not branches of the repo (one listing request); offline, names not in the local cache."""
+  from huggingface_hub import HfApi, constants  # pylint: disable=import-outside-toplevel
+  from huggingface_hub.errors import RepositoryNotFoundError  # pylint: disable=import-outside-toplevel
+  if constants.is_offline_mode():
+    have, where = set(cached_branches(repo_id, cache_dir)), "in the local Hugging Face cache (HF_HUB_OFFLINE=1)"
+  else:
+    try:
+      refs = HfApi().list_repo_refs(repo_id)
+    except RepositoryNotFoundError as e:
+      raise HubError(f"{repo_id}: no such repository on the Hub (or it is private: `hf auth login`); check the "
+                     "id, e.g. EleutherAI/pythia-1b") from e
+    have, where = {r.name for r in list(refs.branches) + list(refs.tags)}, "on the Hub"
+  missing = [n for n in names if n not in have]
+  if missing:
+    close = sorted(have, key=_step_key)[:5]
+    raise HubError(f"{repo_id}: revision(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} not {where}; "
+                   f"{len(have)} are (e.g. {close}); see them with --revisions all --dry_run")
+
+
 def list_branches(repo_id: str, cache_dir=None) -> list[str]:
   """The repository's `step...` branches, sorted by step: from the Hub, or from the cache when offline."""
   from huggingface_hub import HfApi, constants  # pylint: disable=import-outside-toplevel
@@ -190,16 +211,31 @@ def plan(repo_id: str, names: Sequence[str], cache_dir=None) -> list[dict]:
   return rows
 
 
+def plan_table(repo_id: str, names: Sequence[str], cache_dir=None) -> str:
+  """`plan` as a printable table with totals (sizes in GB of 1e9 bytes)."""
+  rows = plan(repo_id, names, cache_dir)
+  gb = lambda b: "?" if b is None else f"{b / 1e9:.2f}"
+  lines = [f"{'revision':<28} {'files':>5} {'GB':>8} {'GB to fetch':>11}  cached"]
+  lines += [f"{r['revision']:<28} {r['files']:>5} {gb(r['bytes']):>8} {gb(r['bytes_to_fetch']):>11}  "
+            f"{'yes' if r['cached'] else 'no'}" for r in rows]
+  todo = [r["bytes_to_fetch"] for r in rows if r["bytes_to_fetch"] is not None]
+  lines.append(f"{len(rows)} revision(s) of {repo_id}; {sum(r['cached'] for r in rows)} cached; "
+               f"{gb(sum(todo))} GB to fetch" + ("" if len(todo) == len(rows) else " (offline: uncached sizes unknown)"))
+  return "\n".join(lines)
+
+
 def revisions(repo_id: str, spec: str = "paper", *, cache_dir=None, dtype: str = "float32",
-              tokens: Optional[dict] = None) -> list[Revision]:
+              tokens: Optional[dict] = None, check: bool = True) -> list[Revision]:
   """Revisions of a Hub repository for `circuits.discovery.sweep`; each `load()` fetches (if needed) and
   converts in memory with weights in `dtype` (the attention and every measurement stay fp32).
 
-  tokens: optional {name: tokens seen} for names that do not carry them (step{N}, step{N}-tokens{X}B do)."""
+  tokens: optional {name: tokens seen} for names that do not carry them (step{N}, step{N}-tokens{X}B do).
+  check: first make sure every revision exists (check_available), so a typo fails before hours of work."""
   if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo_id or ""):
     raise HubError(f"--hf_repo {repo_id!r}: expected owner/name, e.g. EleutherAI/pythia-1b")
+  names = resolve(repo_id, spec, cache_dir)
   out = []
-  for name in resolve(repo_id, spec, cache_dir):
+  for name in names:
     step, tok = parse_revision_name(name)
     tok = (tokens or {}).get(name, tok)
     if tok is None:
@@ -215,4 +251,6 @@ def revisions(repo_id: str, spec: str = "paper", *, cache_dir=None, dtype: str =
 
     out.append(Revision(safe_name(name), int(step if step is not None else len(out)), float(tok), loader=load,
                         source=f"hf://{repo_id}@{name}"))
+  if check:
+    check_available(repo_id, names, cache_dir)
   return out

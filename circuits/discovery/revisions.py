@@ -76,15 +76,15 @@ def model_from_params(cfg, params):
   return build(cfg, int_keys(params))
 
 
-def load_checkpoint_dir(path):
+def load_checkpoint_dir(path, dtype: str = "float32"):
   """(cfg, model) from a converted directory (launch.convert) or a Hugging Face directory (config.json +
-  weights, converted on the fly)."""
+  weights, converted in memory with parameters in `dtype`; attention and measurements stay fp32)."""
   path = Path(path)
   from circuits import convert  # pylint: disable=import-outside-toplevel
   if (path / "params").exists():
     return convert.load_converted(path)
   if (path / "config.json").exists():
-    return convert.from_hf(path)
+    return convert.from_hf(path, dtype=dtype)
   raise RevisionError(f"{path}: neither a converted checkpoint (<dir>/params from `python -m launch.convert`) "
                       "nor a Hugging Face directory (config.json)")
 
