@@ -61,6 +61,16 @@ def check_inputs(data_cfg) -> None:
     if have < need:
       raise ValueError(f"data.vocab={vocab!r} is too small for {task!r}, which uses {need} ids: set "
                        f"data.vocab='synthetic:{need}' (or larger) and model.vocab_size >= {need}")
+    # one row of each generator at the cache's row length: its own checks (e.g. two copies of span_max
+    # must fit) fail here, not inside the tf.data pipeline, where they surface as a TensorFlow traceback
+    specs = tasks.synthetic_specs(data_cfg.get("synthetic"))
+    length = int(data_cfg.seq_len) + 1 - int(bool(data_cfg.add_bos))
+    for kind in ((name,) if name in specs else ("repeat_span", "bigram_backcopy") if name == "repeat_bb_mix" else ()):
+      try:
+        synthetic.KINDS[kind][0](np.random.default_rng(0), 1, length, specs[kind])
+      except ValueError as e:
+        raise ValueError(f"data.synthetic / data.seq_len={int(data_cfg.seq_len)} (rows of {length} tokens) do not "
+                         f"fit task {task!r}: {e}") from e
 
 
 def examples(data_cfg, seed: int) -> tuple[Iterator[np.ndarray], Any, str]:
