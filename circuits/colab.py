@@ -37,6 +37,8 @@ import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from circuits.errors import CircuitsError
+
 # What each notebook imports, directly or through the package (requirements.txt names).
 CORE = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorstore", "numpy", "ml_collections",
         "absl-py", "tqdm", "matplotlib", "pandas")
@@ -55,7 +57,7 @@ KINDS = ("cpu", "gpu", "tpu")
 TPU_ENV = ("COLAB_TPU_ADDR", "TPU_NAME", "TPU_ACCELERATOR_TYPE")
 
 
-class SetupError(RuntimeError):
+class SetupError(CircuitsError, RuntimeError):
   """The runtime cannot be set up as found; the message says what to do."""
 
 
