@@ -42,9 +42,10 @@ from circuits.errors import CircuitsError
 # What each notebook imports, directly or through the package (requirements.txt names).
 CORE = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorstore", "numpy", "ml_collections",
         "absl-py", "tqdm", "matplotlib", "pandas")
+TRAINS = ("tensorboardX",)                # the trainer's TensorBoard writer (circuits.train.writers)
 NEEDS = {
-    "quickstart": CORE,
-    "run_analysis": CORE,
+    "quickstart": CORE + TRAINS,
+    "run_analysis": CORE + TRAINS,
     "public_revisions": CORE + ("huggingface_hub", "safetensors"),
 }
 # Notebooks that may read torch pickles (older Hub revision branches): the runtime's torch serves.

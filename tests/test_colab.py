@@ -21,7 +21,7 @@ from circuits import colab
 ROOT = Path(__file__).resolve().parents[1]
 PINS = colab.read_pins((ROOT / "requirements.txt").read_text())
 JV = PINS["jax"]
-NEVER = ("tensorflow", "seqio", "sentencepiece", "transformers", "pytest", "ruff", "nbclient", "tensorboardx")
+NEVER = ("tensorflow", "seqio", "sentencepiece", "transformers", "pytest", "ruff", "nbclient", "ipykernel")
 
 # What a Colab runtime brings before the notebook runs (versions are illustrative, not the pins).
 COLAB = {"jax": "0.5.2", "jaxlib": "0.5.1", "jax-cuda12-plugin": "0.5.1", "jax-cuda12-pjrt": "0.5.1",

@@ -5,13 +5,16 @@ quickstart: 12 steps of the pythia family; run_analysis: an 8-step 2-layer stand
 swept; public_revisions: its one command (`python -m launch.discover --hf_repo EleutherAI/pythia-1b ...`) on two
 revisions of a local cache laid out as the Hugging Face Hub's (random tiny GPT-NeoX weights, circuits.convert.
 random_hf) with HF_HUB_OFFLINE=1 -- no network. Each notebook's setup cell prints the runtime and jax's devices
-and installs nothing (not on Colab); a last cell lists the modules the kernel imported: never TensorFlow or seqio
-(what circuits.colab leaves out of a notebook's install), nor torch or transformers.
+and installs nothing (not on Colab). A last cell lists the modules the kernel imported: each comes from what
+circuits.colab installs for that notebook (NEEDS and their dependencies), the kernel's own packages, or an
+optional import (OPTIONAL); never TensorFlow, seqio, sentencepiece or transformers, and for public_revisions not
+torch (its revisions are safetensors).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import json
 import os
 import shutil
@@ -32,7 +35,38 @@ TINY = {
     "public_revisions": dict(NB_REVISIONS="step1,step143000", NB_N="32", NB_SEQ_LEN="32", NB_SEEDS="2",
                              NB_N_DETECT="1", HF_HUB_OFFLINE="1"),
 }
-NOT_NEEDED = ("tensorflow", "seqio", "torch", "transformers", "sentencepiece")
+NOT_NEEDED = ("tensorflow", "seqio", "transformers", "sentencepiece")
+# imported when present, needed by nothing here: torch (tensorboardX), pyarrow (pandas), flatbuffers (jax.export),
+# charset-normalizer (numpy.f2py), setuptools (its _distutils_hack .pth)
+OPTIONAL = ("torch", "pyarrow", "flatbuffers", "charset-normalizer", "setuptools")
+
+
+def _closure(names) -> set[str]:
+  """Canonical names of the installed distributions `names` and everything they require (with extras)."""
+  from packaging.requirements import Requirement
+  from circuits.colab import norm
+  todo, seen = [(norm(n), frozenset()) for n in names], set()
+  while todo:
+    name, extras = todo.pop()
+    if (name, extras) in seen:
+      continue
+    seen.add((name, extras))
+    try:
+      reqs = md.requires(name) or []
+    except md.PackageNotFoundError:
+      continue
+    for r in map(Requirement, reqs):
+      if r.marker is None or any(r.marker.evaluate({"extra": e}) for e in ("", *extras)):
+        todo.append((norm(r.name), frozenset(r.extras)))
+  return {n for n, _ in seen}
+
+
+def _unexpected(name: str, modules) -> dict:
+  """{top-level module: its distributions} for imported modules outside what the notebook may import."""
+  from circuits import colab
+  allowed = _closure(colab.NEEDS[name]) | _closure(("ipykernel",)) | _closure(OPTIONAL)
+  owners = md.packages_distributions()
+  return {m: owners[m] for m in modules if m in owners and not {colab.norm(d) for d in owners[m]} & allowed}
 
 
 def _hub_cache(cache: Path, repo_id: str, branches, src: Path) -> None:
@@ -76,8 +110,10 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
   printed = "".join(o.get("text", "") for o in nb.cells[1].outputs)
   assert "runtime: " in printed and "jax devices: " in printed, printed
   modules = {m.split(".")[0] for m in json.loads(nb.cells[-1].outputs[0]["text"])}
-  assert "circuits" in modules and not set(NOT_NEEDED) & set(modules), set(NOT_NEEDED) & set(modules)
+  assert "circuits" in modules and not set(NOT_NEEDED) & modules, set(NOT_NEEDED) & modules
+  assert not _unexpected(name, modules), f"imported, not installed by circuits.colab: {_unexpected(name, modules)}"
   if name == "public_revisions":
+    assert "torch" not in modules
     assert (tmp_path / "out" / "report.html").exists()
     table = (tmp_path / "out" / "table.csv").read_text().splitlines()
     assert len(table) == 1 + 2 * 2 * 4, len(table)   # header + 2 revisions x 2 layers x 4 heads
