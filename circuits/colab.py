@@ -17,7 +17,8 @@ accelerator build of the same jax:
 plus the pins of NEEDS[notebook] (never tensorflow, seqio, sentencepiece, transformers or the test tools).
 torch only reads old `pytorch_model.bin` revision branches (circuits.convert.reader): a notebook that may
 read them keeps the runtime's torch (>= 2.0); only where none is installed is the pinned CPU wheel added.
-A distribution already installed at its pin is not reinstalled, so a second run installs nothing.
+A distribution already installed at its pin is not reinstalled, so a second run installs nothing; a jax GPU
+plugin other than the one chosen (e.g. the runtime's CUDA 12 plugin of an older jax) is uninstalled.
 
 `facts()` gathers the runtime facts (environment, `nvidia-smi`, device files, installed versions) without
 network; `classify(facts)` and `pip_commands(...)` are pure functions of them (tests/test_colab.py checks
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import importlib
 import importlib.metadata as md
 import os
 import re
@@ -180,8 +182,8 @@ def pip_commands(rt: Runtime, pins: Mapping[str, str], notebook: str,
                  installed: Mapping[str, str]) -> list[list[str]]:
   """pip argument lists (each for `python -m pip ...`, in order) that give `notebook` what it needs on the
   runtime `rt`: the pinned jax in the runtime's build (jax_spec) and the pins of NEEDS[notebook]; an
-  installed distribution at its pin is skipped; a jax CUDA plugin of the other CUDA major is uninstalled
-  first (two plugins conflict); torch only for TORCH_READERS and only when the runtime has none >= 2.0
+  installed distribution at its pin is skipped; every other jax GPU plugin (another CUDA major, or any on a
+  CPU or TPU runtime) is uninstalled first; torch only for TORCH_READERS and only when the runtime has none >= 2.0
   (then the pinned CPU wheel). Empty when everything is in place."""
   if notebook not in NEEDS:
     raise SetupError(f"notebook {notebook!r}: expected one of {sorted(NEEDS)}")
@@ -194,10 +196,9 @@ def pip_commands(rt: Runtime, pins: Mapping[str, str], notebook: str,
   jv = pins["jax"]
   accel = _accelerator_dists(rt, jv)
   cmds = []
-  if rt.kind == "gpu":
-    other = [n for n in installed if re.fullmatch(r"jax-cuda\d+-(plugin|pjrt)", n) and n not in accel]
-    if other:
-      cmds.append(["uninstall", "-y", *sorted(other)])
+  other = [n for n in installed if re.fullmatch(r"jax-(cuda|rocm)\d+-(plugin|pjrt)", n) and n not in accel]
+  if other:  # a second GPU plugin conflicts with the chosen one; a stale one (older jax) fails to load
+    cmds.append(["uninstall", "-y", *sorted(other)])
   reqs = []
   if not (_have(installed, "jax", jv) and all(_have(installed, n, v) for n, v in accel.items())):
     reqs.append(jax_spec(rt, jv))
@@ -265,6 +266,7 @@ def setup(notebook: str, *, root, install: bool, subprocess_check: bool = False,
     for c in cmds:
       print("pip", " ".join(c))
       subprocess.check_call([sys.executable, "-m", "pip", *c])
+    importlib.invalidate_caches()
     if not cmds:
       print("installed: everything this notebook needs is in place")
     stale = stale_modules(cmds, sys.modules)

@@ -102,8 +102,8 @@ def test_install_on_a_colab_runtime(rt, spec, notebook):
     name, version = r.split("==")
     assert version == PINS[colab.norm(name.split("[")[0])]
   assert not set(NEVER) & set(names) and "torch" not in names
-  # only the CUDA 13 build replaces the runtime's CUDA 12 plugin (two plugins conflict)
-  expect = [["uninstall", "-y", "jax-cuda12-pjrt", "jax-cuda12-plugin"]] if spec.startswith("jax[cuda13]") else []
+  # the runtime's CUDA 12 plugin (of its older jax) is upgraded by jax[cuda12], removed otherwise
+  expect = [] if spec.startswith("jax[cuda12]") else [["uninstall", "-y", "jax-cuda12-pjrt", "jax-cuda12-plugin"]]
   assert other == expect                       # the runtime's torch 2.6 (CUDA build) is kept
 
 
