@@ -191,3 +191,23 @@ def test_notebooks_set_up_through_colab():
     assert call in first and ("subprocess_check=True" in first) == (name == "public_revisions")
     assert "requirements.txt" not in "".join(code) and "pip" not in first.split("from circuits import colab")[0]
   assert "--hf_repo" in "".join(built["PUBLIC"]) and "launch.discover" in "".join(built["PUBLIC"])
+
+
+def test_setup_installs_then_asks_for_a_restart(monkeypatch, capsys):
+  """setup(install=True) runs the planned pip commands with this interpreter; replacing a module this
+  session already imported (numpy here) ends in a SetupError asking for a restart; the rerun installs nothing."""
+  import numpy  # noqa: F401 -- imported by this session before the install
+  ran = []
+  monkeypatch.setattr(colab.subprocess, "check_call", lambda cmd, **kw: ran.append(cmd))
+  monkeypatch.setattr(colab, "facts", lambda env=None: colab.Facts(installed=COLAB))
+  with pytest.raises(colab.SetupError, match=r"'numpy'.*restart the session"):
+    colab.setup("quickstart", root=ROOT, install=True)
+  plan = colab.pip_commands(colab.Runtime("cpu"), PINS, "quickstart", COLAB)
+  assert ran == [[colab.sys.executable, "-m", "pip", *c] for c in plan] and len(plan) == 2
+  assert "runtime: cpu" in capsys.readouterr().out
+  done = dict({n: PINS[colab.norm(n)] for n in colab.NEEDS["quickstart"]})
+  monkeypatch.setattr(colab, "facts", lambda env=None: colab.Facts(installed=done))
+  ran.clear()
+  assert colab.setup("quickstart", root=ROOT, install=True) == colab.Runtime("cpu", None, "no GPU or TPU found")
+  out = capsys.readouterr().out
+  assert ran == [] and "everything this notebook needs is in place" in out and "jax devices: cpu" in out
