@@ -22,8 +22,8 @@ plugin other than the one chosen (e.g. the runtime's CUDA 12 plugin of an older 
 
 `facts()` gathers the runtime facts (environment, `nvidia-smi`, device files, installed versions) without
 network; `classify(facts)` and `pip_commands(...)` are pure functions of them (tests/test_colab.py checks
-every runtime kind). Only the standard library is imported here: this module runs before anything is
-installed.
+every runtime kind). Only the standard library and circuits.errors are imported here: this module runs
+before anything is installed.
 """
 
 from __future__ import annotations
