@@ -8,7 +8,14 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 
-SETUP = '''# Colab: clone and install the repository (skipped anywhere else)
+
+def setup(notebook: str, subprocess_check: bool = False) -> str:
+  """The first code cell: on Colab, clone the repository, install what `notebook` needs for the runtime found
+  (circuits.colab: the accelerator build of the pinned jax, never TensorFlow/seqio), print the devices."""
+  extra = ", subprocess_check=True" if subprocess_check else ""
+  return f'''# Setup. On Colab: clone the repository and install only what this notebook needs, with the jax build of
+# this runtime (GPU: jax[cuda12|cuda13], TPU: jax[tpu]; circuits/colab.py); elsewhere nothing is installed
+# (CIRCUITS_INSTALL=1 installs anyway). Then print the devices jax will use.
 import os, subprocess, sys
 IN_COLAB = "google.colab" in sys.modules
 REPO_URL = os.environ.get("CIRCUITS_REPO", "")  # the repository's git URL (Colab only)
@@ -18,13 +25,14 @@ if IN_COLAB:
                        "os.environ['CIRCUITS_REPO'] = 'https://...'")
   if not os.path.isdir("/content/circuits"):
     subprocess.check_call(["git", "clone", "--depth", "1", REPO_URL, "/content/circuits"])
-  subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/circuits/requirements.txt"])
   os.chdir("/content/circuits")
 ROOT = os.environ.get("CIRCUITS_ROOT") or ("/content/circuits" if IN_COLAB else os.path.abspath(".."))
 if not os.path.isdir(os.path.join(ROOT, "circuits")):
   ROOT = os.path.abspath(".")
 sys.path.insert(0, ROOT)
-print("repository:", ROOT)'''
+print("repository:", ROOT)
+from circuits import colab
+RUNTIME = colab.setup("{notebook}", root=ROOT, install=IN_COLAB or os.environ.get("CIRCUITS_INSTALL") == "1"{extra})'''
 
 
 def nb(cells):
@@ -38,7 +46,7 @@ QUICKSTART = [
     "md:# circuits quickstart\nTrain a tiny model on the combined task (BOS + Bigram-Backcopy chain with a repeated span, "
     "PILOTS.md) and plot the trainer's per-step diagnostics: loss, first-token (BOS) mass per layer, and the in-loop "
     "induction probe.",
-    SETUP,
+    setup("quickstart"),
     '''# Parameters (environment variables override them; the test runs tiny settings)
 import tempfile
 FAMILY = os.environ.get("NB_FAMILY", "pythia")          # pythia | olmo | olmoe
@@ -82,7 +90,7 @@ RUN_ANALYSIS = [
     "md:# Analyse a run directory\nTables, figures and attention rows of chosen heads for one family of a study "
     "(`python -m launch.study ... --workdir W`, then `RUN_DIR=W`). Without `RUN_DIR` the notebook trains and sweeps a "
     "tiny run first.",
-    SETUP,
+    setup("run_analysis"),
     '''# Parameters
 import tempfile
 RUN_DIR = os.environ.get("NB_RUN_DIR", "")               # a study workdir (runs/laptop)
@@ -157,44 +165,64 @@ plt.tight_layout(); plt.show()''',
 ]
 
 PUBLIC = [
-    "md:# Public revisions (Pythia / OLMo / OLMoE)\nConvert a downloaded list of Hugging Face revisions and sweep "
-    "them. `REVISIONS` is a JSON-lines or CSV list (`name,path,tokens[,step]`; tokens derivable from Pythia "
-    "`step{N}` / OLMo `step{N}-tokens{X}B` names) of local checkpoint directories, e.g. fetched with "
-    "`huggingface-cli download EleutherAI/pythia-1b --revision step1000 --local-dir pythia-1b/step1000`. Without "
-    "`REVISIONS` the notebook builds random tiny fixture models locally (circuits/convert/fixtures.py) -- never a hub.",
-    SETUP,
-    '''# Parameters
-import tempfile
-REVISIONS = os.environ.get("NB_REVISIONS", "")
-OUT = os.environ.get("NB_OUT") or tempfile.mkdtemp(prefix="circuits_public_")
+    "md:# Public revisions: the paper's 10 Pythia-1B revisions, end to end\n"
+    "One command fetches each revision from the Hugging Face Hub into the standard Hugging Face cache (config and "
+    "weights only, one revision at a time), converts it in memory, measures every head on the paper's synthetic "
+    "induction probe, runs the ablations, and writes the per-head table, `summary.json`, `report.html` and the "
+    "figures:\n\n"
+    "    python -m launch.discover --hf_repo EleutherAI/pythia-1b --revisions paper --out runs/pythia-1b\n\n"
+    "This notebook runs that command and shows the results. Environment variables override its settings: "
+    "`NB_HF_REPO` (also `allenai/OLMo-1B-0724-hf`, `allenai/OLMoE-1B-7B-0924`), `NB_REVISIONS` (`paper`, `all`, "
+    "`step1000,step3000` or a file of names), `NB_CACHE_DIR`, `NB_OUT`, `NB_DTYPE`, `NB_N`, `NB_SEQ_LEN`, "
+    "`NB_SEEDS`. A killed run resumes where it stopped.\n\n"
+    "**On Colab** choose a GPU runtime (Runtime > Change runtime type), set `CIRCUITS_REPO` to the repository's "
+    "git URL, and run all cells. **Expected time** on a Colab GPU: see the device check (`make device-check`) for "
+    "seconds per revision; fetching adds the download of each revision (the plan below lists the sizes), and the "
+    "run prints the seconds per revision it took.",
+    setup("public_revisions", subprocess_check=True),
+    """# Parameters (environment variables override them; the test points them at a local Hub-layout cache)
+HF_REPO = os.environ.get("NB_HF_REPO", "EleutherAI/pythia-1b")
+REVISIONS = os.environ.get("NB_REVISIONS", "paper")    # paper (the paper's 10) | all | step1000,step3000 | a file
+CACHE_DIR = os.environ.get("NB_CACHE_DIR") or None     # the Hugging Face cache (default: HF_HUB_CACHE / HF_HOME)
+OUT = os.environ.get("NB_OUT") or os.path.join(ROOT, "runs", HF_REPO.split("/")[-1])
+DTYPE = os.environ.get("NB_DTYPE", "float32")          # bfloat16 halves weight memory; measurements stay fp32
 N = int(os.environ.get("NB_N", "2000")); SEQ_LEN = int(os.environ.get("NB_SEQ_LEN", "256"))
-N_SEEDS = int(os.environ.get("NB_SEEDS", "20"))''',
-    '''import json
+N_SEEDS = int(os.environ.get("NB_SEEDS", "20")); N_DETECT = int(os.environ.get("NB_N_DETECT", "8"))""",
+    """# What will be fetched (the library call behind `--dry_run`; offline it lists the local cache)
+from circuits.discovery import hub
+NAMES = hub.resolve(HF_REPO, REVISIONS, CACHE_DIR)
+print(hub.plan_table(HF_REPO, NAMES, CACHE_DIR))""",
+    """# The one command: fetch, measure, ablate, analyse (its output streams here; jax runs in that process)
+import codecs, re, shlex, time
+cmd = ["-m", "launch.discover", "--hf_repo", HF_REPO, "--revisions", REVISIONS, "--out", OUT, "--dtype", DTYPE,
+       "--n", str(N), "--seq_len", str(SEQ_LEN), "--n_seeds", str(N_SEEDS), "--chunk", str(min(64, N)),
+       "--n_detect", str(N_DETECT)] + (["--cache_dir", CACHE_DIR] if CACHE_DIR else [])
+print("$ python", shlex.join(cmd), flush=True)
+t0, log, utf8 = time.time(), [], codecs.getincrementaldecoder("utf-8")(errors="replace")
+proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+  text = utf8.decode(chunk); log.append(text); sys.stdout.write(text); sys.stdout.flush()
+if proc.wait():
+  raise RuntimeError(f"launch.discover stopped with exit status {proc.returncode}; its message is above")
+seconds = time.time() - t0
+done = re.search(r"measured (\\d+) revision", "".join(log))
+n_done = int(done.group(1)) if done else 0
+print(f"{seconds:.0f} s in all" + (f"; {seconds / n_done:.0f} s per revision measured now (fetch + measure + "
+      f"ablations, on {RUNTIME.kind})" if n_done else " (every revision was already done)"))""",
+    """import json
+import pandas as pd
 from pathlib import Path
-if not REVISIONS:  # tiny stand-in: three random "revisions" of a tiny GPT-NeoX, saved locally
-  from circuits.convert.fixtures import make_hf_dir
-  d = Path(OUT) / "hf"
-  lines = []
-  for i, step in enumerate((1, 143000)):
-    make_hf_dir(d / f"step{step}", "neox_rot25", seed=i)
-    lines.append(json.dumps({"name": f"step{step}", "path": f"step{step}"}))   # tokens from the Pythia name
-  (d / "revisions.jsonl").write_text("\\n".join(lines) + "\\n")
-  REVISIONS = str(d / "revisions.jsonl")
-  N, SEQ_LEN, N_SEEDS = 32, 32, 2
-print(open(REVISIONS).read())''',
-    '''from circuits.discovery import measure, revisions, sweep
-revs = revisions.from_list(REVISIONS)      # config.json directories are converted on the fly (circuits.convert)
-cfg = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=32, n_detect=1 if N <= 32 else 8),
-                        n_seeds=N_SEEDS)
-res = sweep.sweep(revs, Path(OUT) / "sweep", cfg=cfg, n=N, seq_len=SEQ_LEN, progress=False)
-print(res["paths"])''',
-    '''import pandas as pd
 from IPython.display import Image, display
-s = res["summary"]["models"]["table"]
-display(pd.DataFrame(s["trajectory"]).iloc[:, :8])
-print("milestones:", s["milestones"])
-display(pd.DataFrame(res["summary"]["ablations"])[["revision", "condition", "n_seeds", "top1_mean"]].head(12))
-display(Image(filename=str(Path(OUT) / "sweep" / "bos_fraction.png")))''',
+summary = json.loads((Path(OUT) / "summary.json").read_text())
+for model, s in summary["models"].items():
+  print(model, "milestones:", s["milestones"])
+  display(pd.DataFrame(s["trajectory"]).iloc[:, :8])
+if summary.get("ablations"):
+  display(pd.DataFrame(summary["ablations"])[["revision", "condition", "n_seeds", "top1_mean"]].head(12))
+for png in ["bos_fraction.png", "recall.png"] + sorted(p.name for p in Path(OUT).glob("final_circuit_*.png")):
+  if (Path(OUT) / png).exists():
+    display(Image(filename=str(Path(OUT) / png)))
+print("report:", Path(OUT) / "report.html")""",
 ]
 
 if __name__ == "__main__":
