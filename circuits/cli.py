@@ -17,7 +17,7 @@
 One line means: `error: <message>` on stderr, the message's own lines joined, no traceback and no chained
 exception, exit status EXIT_USAGE (2). Any other exception is a bug and keeps its traceback (exit 1).
 Unless --verbosity is given, absl logging is set to ERROR (Orbax logs every save and restore at INFO and
-routine notices, such as a read-only manager's options, at WARNING).
+routine notices, such as a read-only manager's options, at WARNING) and asyncio's logger to CRITICAL.
 """
 
 from __future__ import annotations
@@ -49,18 +49,23 @@ def one_line(message) -> str:
 def fail(message) -> NoReturn:
   """Print `error: <message>` (one line) on stderr and exit with status 2.
 
-  In a binary (run()/run_plain()), whatever the interpreter's teardown would print after it goes to
-  /dev/null: Orbax leaves the async reads of a damaged checkpoint pending, and their errors would be logged
-  at exit, after the one line.
+  In a binary (run()/run_plain()), stderr is pointed at /dev/null first and the line written to a copy of
+  it: Orbax's threads may still be logging the errors of a damaged checkpoint's pending async reads, and
+  their output (now, or at interpreter exit) must not tear or follow the one line.
   """
-  print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
-  if not _BINARY["on"]:
-    sys.exit(EXIT_USAGE)
-  try:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stderr.fileno())
-  except (OSError, ValueError, AttributeError):  # no real stderr (e.g. captured in a notebook): leave it
-    pass
+  line = f"error: {one_line(message)}\n"
+  if _BINARY["on"]:
+    try:
+      sys.stderr.flush()
+      real = os.dup(2)
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, 2)
+      os.write(real, line.encode("utf-8", "replace"))
+      sys.exit(EXIT_USAGE)
+    except OSError:  # no usable fd 2: print below
+      pass
+  sys.stderr.write(line)
+  sys.stderr.flush()
   sys.exit(EXIT_USAGE)
 
 
@@ -189,9 +194,36 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def _quiet_logging() -> None:
+  import logging as std_logging
+
   from absl import flags, logging
   if "verbosity" not in flags.FLAGS or not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)
+    # Orbax's abandoned async reads of a damaged checkpoint: "Task exception was never retrieved", logged
+    # when the task is collected, possibly while the error that explains them is on its way to fail()
+    std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+
+
+def _drop_orbax_coroutine_errors() -> None:
+  """Unraisable errors of Orbax's abandoned read coroutines are not printed (all others are).
+
+  When one array of a damaged checkpoint cannot be read, Orbax raises (CheckpointCorruptError names it) but
+  leaves its other async reads pending; as they are collected, each prints "Exception ignored in:
+  <coroutine object _read_array_index_and_device_put ...>" and a TensorStore traceback, from whichever thread
+  collects it, around the one line of fail(); their TensorStore callbacks, arriving after Orbax closed its
+  event loop, print "RuntimeError: Event loop is closed" tracebacks.
+  """
+  default = sys.unraisablehook
+
+  def hook(unraisable):
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+      return  # an abandoned Orbax read coroutine
+    if unraisable.object is None and str(unraisable.exc_value) == "Event loop is closed":
+      return  # a TensorStore callback of such a read, arriving after Orbax closed its event loop
+    default(unraisable)
+
+  sys.unraisablehook = hook
 
 
 def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:
@@ -199,6 +231,7 @@ def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) 
   from absl import app
 
   _BINARY["on"] = True
+  _drop_orbax_coroutine_errors()
 
   def bounded(args):
     _quiet_logging()
@@ -211,6 +244,7 @@ def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) 
 def run_plain(main: Callable[[], object]) -> NoReturn:
   """sys.exit(main()) behind the boundary, for binaries that parse their own arguments."""
   _BINARY["on"] = True
+  _drop_orbax_coroutine_errors()
   with boundary():
     code = main()
   sys.exit(code)

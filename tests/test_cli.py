@@ -60,10 +60,10 @@ def run_dir(tmp_path_factory, env):
   return w
 
 
-@pytest.fixture(scope="module")
-def damaged(run_dir, tmp_path_factory):
-  """A copy of run_dir whose latest checkpoint has every array file cut to half (params and optimizer)."""
-  w = tmp_path_factory.mktemp("damaged") / "run"
+@pytest.fixture
+def damaged(run_dir, tmp_path):
+  """A fresh copy of run_dir whose latest checkpoint has every array file cut to half (params and optimizer)."""
+  w = tmp_path / "damaged"
   shutil.copytree(run_dir, w)
   for f in data_files(w / "checkpoints" / str(STEPS)):
     if os.path.getsize(f) > 1024:
