@@ -85,7 +85,7 @@ class LM(nnx.Module):
                               dataclasses.replace(probe, query_rows_only=True))
         attn_aux.append(a_aux)
         break
-      call = lambda blk, x, probe=probe: blk(x, positions_BxT, mask_BxTxS, probe)
+      call = lambda blk, x: blk(x, positions_BxT, mask_BxTxS, probe)  # called at once: this probe
       if remat != "none":  # nnx.remat refuses bound methods: the block is an argument
         call = nnx.remat(call, policy=policy)
       x_BxTxD, a_aux, m_aux = call(block, x_BxTxD)

@@ -123,8 +123,8 @@ def combine_microbatch_aux(aux_m: dict) -> dict:
   return out
 
 
-def make_step(graphdef, model_cfg: ModelConfig, tx, schedule: optax.Schedule, opts: StepOptions) -> Callable:
-  """The pure train step `(state, batch, probe) -> (state, metrics)` (jit it with shardings).
+def make_grad_fn(graphdef, model_cfg: ModelConfig, opts: StepOptions) -> Callable:
+  """`(params, batch) -> (total_loss, aux, grads)` of the whole batch: the step's loss and gradients.
 
   Loss: mean over the batch's unmasked tokens of the next-token cross-entropy (circuits.losses), plus
   z_loss * mean lse^2, plus for MoE router_aux_loss_coef * lb_loss + router_z_loss_coef * router z-loss (each
@@ -182,6 +182,14 @@ def make_step(graphdef, model_cfg: ModelConfig, tx, schedule: optax.Schedule, op
     grads, aux_m = jax.lax.scan(body, zeros, split_microbatches(batch, m))
     aux = combine_microbatch_aux(aux_m)
     return aux["loss_total"], aux, grads
+
+  return loss_and_grads
+
+
+def make_step(graphdef, model_cfg: ModelConfig, tx, schedule: optax.Schedule, opts: StepOptions) -> Callable:
+  """The pure train step `(state, batch, probe) -> (state, metrics)` (jit it with shardings); loss and
+  gradients from `make_grad_fn`, one optimizer update per step whatever train.microbatches is."""
+  loss_and_grads = make_grad_fn(graphdef, model_cfg, opts)
 
   def run_probe(params, probe):
     model = nnx.merge(graphdef, params)
