@@ -56,7 +56,9 @@ def grad_fn(c, **opts):
 
 
 def max_diff(a, b):
-  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+  """max |a - b| / max(1, |b|) over the leaves: absolute below 1, relative above (fp32's ulp at 30 is 2e-6)."""
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)) /
+                          np.maximum(1.0, np.abs(np.asarray(y, np.float64)))))
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
@@ -64,8 +66,10 @@ def max_diff(a, b):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_remat_policies_match_no_remat(family):
-  """Every policy: loss, aux and grads within 1e-6 of no remat (measured: bitwise for full, dots, minimal,
-  save_dot_except_mlp on all three families; the tolerance allows XLA to fuse the recomputation differently)."""
+  """Every policy: loss, aux and grads within 1e-6 of no remat. Not bitwise: measured 2026-12-03 (every
+  policy alike) the loss is identical, grads differ by <= 1.5e-8 (pythia), 7.5e-9 (olmo), 1.1e-8 (olmoe) and
+  the attention diagnostics by <= 2.4e-7 (olmo, olmoe; pythia identical): XLA fuses the recomputation
+  differently."""
   c = tiny(family)
   b = batch_of(c)
   f0, params = grad_fn(c, remat="none")
@@ -152,7 +156,7 @@ def test_microbatched_step_updates_like_full_batch(family):
   assert int(s1["step"]) == int(s4["step"]) == 1
   assert max_diff(s4["params"], s1["params"]) <= 1e-6, max_diff(s4["params"], s1["params"])
   for k in ("loss", "grad_norm", "loss_total", "z_loss"):
-    assert abs(float(m4[k]) - float(m1[k])) <= 1e-6, k
+    assert max_diff(m4[k], m1[k]) <= 1e-6, k
   assert max_diff(m4["attn"], m1["attn"]) <= 1e-6
 
 
@@ -255,8 +259,11 @@ def test_next_token_losses_definition():
 @pytest.mark.parametrize("family", ["pythia", "olmoe"])
 def test_chunked_loss_step_matches_plain(family):
   """train.loss_chunk = 4 vs 0 (with remat full and m = 2 as the 1B configs combine them): loss and grads
-  within 1e-6; the chunked step's jaxpr holds no [B, T, V] float32 array while the plain one does."""
+  within 1e-6 (OLMoE: router aux coefficient 0, see test_microbatches_equal_full_batch); the chunked step's
+  jaxpr holds no [B, T, V] float32 array while the plain one does."""
   c = tiny(family)
+  if family == "olmoe":
+    c.model.router_aux_loss_coef = 0.0
   b = batch_of(c)
   f0, params = grad_fn(c)
   fc, _ = grad_fn(c, loss_chunk=4, remat="full", microbatches=2)
@@ -274,10 +281,11 @@ def test_chunked_loss_step_matches_plain(family):
 
 # ----- mixed precision -----
 
-# Measured 2026-12-03 (this file's setup: tiny models, d_model 32, T 16, B 8, fp32 params, one batch), max abs
-# gap bf16 activations vs fp32: logits 0.013 / 0.011 / 0.012 (pythia / olmo / olmoe; logits ~ +-0.5),
-# loss 2e-5 / 3e-5 / 4e-5, attention reductions 0.0048 / 0.0055 / 0.0039, grad norm 1e-3 relative.
-BF16_BOUNDS = dict(logits=0.05, loss=2e-4, attn=0.02, grad_rel=0.02)
+# Measured 2026-12-03 (this file's tiny models: d_model 32, T 16, B 8, fp32 params, one masked batch), the
+# bf16-activations-vs-fp32 gap, pythia / olmo / olmoe: logits max abs 0.0030 / 0.0029 / 0.0059; loss (mean CE,
+# ~5.5) 2.4e-6 / 4.7e-5 / 7.2e-5; attention reductions max abs 2.8e-6 / 2.1e-6 / 2.6e-4; grad norm relative
+# 3.6e-4 / 1.8e-3 / 1.5e-3. The bounds are about 4x the largest of the three.
+BF16_BOUNDS = dict(logits=0.025, loss=3e-4, attn=1e-3, grad_rel=8e-3)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
