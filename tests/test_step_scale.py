@@ -193,9 +193,11 @@ for mesh, m in (((1, 1), 1), ((2, 2), 2)):
   for i in range(3):
     state, met = s.step(state, jax.device_put(src.batch(i), s.batch_sharding), {})
     losses.append(float(met["loss"]))
-  # collectives that move int32 data (tokens, targets): a resharded microbatch would show here
-  moved = [l for l in hlo.splitlines() if any(op in l for op in ("all-gather", "all-to-all", "collective-permute"))
-           and "= s32[" in l]
+  # collectives that move int32 data (tokens, targets): a resharded microbatch would show here. The one
+  # expected is the embedding lookup's (jnp.take on the fsdp-sharded table gathers the ids over fsdp; it is
+  # there with m = 1 too, s32[4,16,1], and per microbatch with m = 2, s32[2,16,1])
+  moved = [l for l in hlo.splitlines() if any(op in l for op in ("all-gather(", "all-to-all(", "collective-permute("))
+           and "= s32[" in l and "(jit(_take))/gather" not in l]
   out[str(m)] = dict(losses=losses, params=[np.asarray(x).tolist() for x in jax.tree.leaves(state["params"])],
                      int_collectives=moved)
 print("RESULT " + json.dumps(out))
@@ -204,7 +206,8 @@ print("RESULT " + json.dumps(out))
 
 def test_microbatches_sharded_stay_local():
   """4 fake devices, mesh data=2 x fsdp=2, m = 2 vs 1 device, m = 1: losses and params of 3 steps within
-  1e-5 / 1e-4 (as tests/test_sharding.py), and no collective moves int32 batch data in the compiled step."""
+  1e-5 / 1e-4 (as tests/test_sharding.py), and no collective moves int32 batch data in the compiled step
+  (other than the embedding lookup's id gather, which m = 1 has as well)."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   p = subprocess.run([sys.executable, "-c", SHARDED], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
