@@ -59,7 +59,8 @@ class MoE(nnx.Module):
       g_MxF = checkpoint_name(jax.lax.ragged_dot(xs_MxD, wg, sizes_E), "mlpwi_0")  # remat tags (models/remat.py)
       u_MxF = checkpoint_name(jax.lax.ragged_dot(xs_MxD, wu, sizes_E), "mlpwi_1")
       h_MxF = jax.nn.silu(g_MxF) * u_MxF
-      ys_MxD = checkpoint_name(jax.lax.ragged_dot(h_MxF, wd, sizes_E), "mlpwo") * gates_NxK.reshape(-1)[order_M][:, None]
+      ys_MxD = checkpoint_name(jax.lax.ragged_dot(h_MxF, wd, sizes_E), "mlpwo")
+      ys_MxD = ys_MxD * gates_NxK.reshape(-1)[order_M][:, None]
       y_NxD = jnp.zeros_like(x_NxD).at[token_M].add(ys_MxD)
     stats = diagnostics.routing_stats(probs_NxE, idx_NxK, logits_NxE)
     stats["topk_idx_NxK"] = idx_NxK
