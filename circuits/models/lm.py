@@ -49,7 +49,7 @@ class LM(nnx.Module):
   def __call__(self, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None, stats: bool = False,
                query_pos_B=None, head_scale_LxH=None, head_replace_LxHxK=None, replace_mask_LxH=None,
                extremes: bool = False, patterns_BxPxTxS=None, capture_only: bool = False, remat: str = "none",
-               hidden_only: bool = False) -> ModelOutput:
+               hidden_only: bool = False, residual_sharding=None) -> ModelOutput:
     """Logits, and on request per-head statistics, query-row captures and head ablations.
 
     segment_ids_BxT: when given, attention is masked between packed documents (positions should then
@@ -62,6 +62,9 @@ class LM(nnx.Module):
     remat: a circuits.models.remat policy name; each block call is wrapped in nnx.remat with it ("none": not).
     hidden_only: return the final-normed hidden states instead of the logits (for circuits.losses'
     chunked cross-entropy, which forms the logits a chunk at a time).
+    residual_sharding: a sharding of the [B, T, D] residual stream (the trainer's: batch over the data axes),
+    imposed after the embedding and after every block; without it GSPMD may replicate activations across
+    the fsdp axis to contract with fsdp-sharded weights (measured: 4x the per-device temp at 1B).
     """
     cfg = self.cfg
     if capture_only and (query_pos_B is None or stats or extremes or patterns_BxPxTxS is not None):
@@ -71,7 +74,8 @@ class LM(nnx.Module):
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     mask_BxTxS = causal_mask(positions_BxT, segment_ids_BxT)
-    x_BxTxD = self.embed(tokens_BxT, jnp.dtype(cfg.dtype))
+    constrain = lambda x: x if residual_sharding is None else jax.lax.with_sharding_constraint(x, residual_sharding)
+    x_BxTxD = constrain(self.embed(tokens_BxT, jnp.dtype(cfg.dtype)))
     attn_aux, moe_aux, ext = [], [], []
     policy = remat_lib.policy(remat)
     for i, block in enumerate(self.blocks):
@@ -89,6 +93,7 @@ class LM(nnx.Module):
       if remat != "none":  # nnx.remat refuses bound methods: the block is an argument
         call = nnx.remat(call, policy=policy)
       x_BxTxD, a_aux, m_aux = call(block, x_BxTxD)
+      x_BxTxD = constrain(x_BxTxD)
       attn_aux.append(a_aux)
       if m_aux is not None:
         moe_aux.append(m_aux)

@@ -90,7 +90,8 @@ class StepOptions:
   nan_policy: "abort" | "skip"; probe_every: K (0: no probe); segment_mask: attention masked by document;
   remat: circuits.models.remat policy around each block; microbatches: m, the global batch is split into
   m microbatches (rows i::m) whose gradients are summed inside the step before one update; loss_chunk: C > 0
-  forms the logits C positions at a time (circuits.losses chunked path; 0: whole, the plain path)."""
+  forms the logits C positions at a time (circuits.losses chunked path; 0: whole, the plain path);
+  residual_sharding: imposed on the residual stream after the embedding and every block (None: GSPMD's choice)."""
   diagnostics: bool = True
   z_loss: float = 0.0
   nan_policy: str = "abort"
@@ -99,6 +100,7 @@ class StepOptions:
   remat: str = "none"
   microbatches: int = 1
   loss_chunk: int = 0
+  residual_sharding: Any = None  # sharding of the [B, T, D] residual stream (set by circuits.train.setup)
 
 
 # metrics of one microbatch that are sums over its tokens (normalised by the whole batch's token count), so
@@ -140,13 +142,14 @@ def make_grad_fn(graphdef, model_cfg: ModelConfig, opts: StepOptions) -> Callabl
     kw = {}
     if opts.segment_mask:
       kw = dict(segment_ids_BxT=batch["segment_ids_BxT"], positions_BxT=batch["positions_BxT"])
+    kw.update(stats=opts.diagnostics, remat=opts.remat, residual_sharding=opts.residual_sharding)
     targets_BxT = batch["targets_BxT"]
     if opts.loss_chunk:
-      out = model(batch["tokens_BxT"], stats=opts.diagnostics, remat=opts.remat, hidden_only=True, **kw)
+      out = model(batch["tokens_BxT"], hidden_only=True, **kw)
       nll_BxT, lse_BxT = losses.cross_entropy(targets_BxT, hidden_BxTxD=out.hidden_BxTxD,
                                               unembed_DxV=params["unembed"], chunk=opts.loss_chunk)
     else:
-      out = model(batch["tokens_BxT"], stats=opts.diagnostics, remat=opts.remat, **kw)
+      out = model(batch["tokens_BxT"], **kw)
       nll_BxT, lse_BxT = losses.cross_entropy(targets_BxT, out.logits_BxTxV)
     mask_BxT = batch["loss_mask_BxT"]
     ce = jnp.sum(nll_BxT * mask_BxT) / denom
