@@ -223,10 +223,12 @@ def sink_rate(alpha_LxH, eps: float = 0.3):
 
 
 def token_losses(logits_BxTxV, tokens_BxT):
-  """loss_BxT[:, t] = -log p(tokens[t] | tokens[<t]) (from logits at t-1), fp32; column 0 is NaN."""
-  lp_BxTxV = jax.nn.log_softmax(logits_BxTxV[:, :-1].astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(lp_BxTxV, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
-  return jnp.concatenate([jnp.full_like(nll[:, :1], jnp.nan), nll], axis=1)
+  """loss_BxT[:, t] = -log p(tokens[t] | tokens[<t]) (from logits at t-1), fp32; column 0 is NaN.
+
+  The one cross-entropy formula of circuits.losses (logsumexp(l) - l[y]; it was log_softmax here before,
+  equal within float rounding)."""
+  from circuits import losses  # pylint: disable=import-outside-toplevel
+  return losses.next_token_losses(logits_BxTxV, tokens_BxT)
 
 
 def icl_positions(seq_len: int) -> tuple:

@@ -39,6 +39,13 @@ def family_config(family: str, size: str):
     c.train.weight_decay = {"pythia": 0.01, "olmo": 0.1, "olmoe": 0.1}[family]
     c.mesh.fsdp = -1
     c.mesh.data = 1
+    # to fit 1024 x T on 64 devices (16 sequences per device): bf16 activations (fp32 params, optimizer,
+    # softmax, loss, diagnostics), every block rematerialised, microbatches of 4 (OLMoE at T 4096: 2) sequences
+    # per device, and the logits formed 256 positions at a time (launch/memory_1b.py measures the result)
+    c.model.dtype = "bfloat16"
+    c.train.remat = "full"
+    c.train.microbatches = {"pythia": 4, "olmo": 4, "olmoe": 8}[family]
+    c.train.loss_chunk = 256
   elif size == "tiny":
     c.data.seq_len = 32
     c.train.batch_size = 8

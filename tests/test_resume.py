@@ -106,3 +106,21 @@ def test_sigkill_after_commit_then_resume(straight, tmp_path, env):
   s2 = finish(launch(tmp_path, env))
   assert s2["start_step"] == last and s2["steps_done"] == STEPS
   assert_same(straight, tmp_path)
+
+
+def test_microbatches_resume_bitwise(tmp_path_factory, env):
+  """train.microbatches = 2 (gradient accumulation inside the step): resume after SIGKILL is bitwise too,
+  and the data position (tokens_seen) is that of m = 1."""
+  m2 = "--config.train.microbatches=2"
+  a = tmp_path_factory.mktemp("straight_m2")
+  assert finish(launch(a, env, m2))["steps_done"] == STEPS
+  b = tmp_path_factory.mktemp("killed_m2")
+  p = launch(b, env, m2, "--config.train.host_sleep_s=0.4")
+  wait_for(lambda: any(s >= 2 for s in committed(b)))
+  p.send_signal(signal.SIGKILL)
+  p.communicate(timeout=60)
+  last = max(committed(b))
+  assert last < STEPS
+  s2 = finish(launch(b, env, m2))
+  assert s2["start_step"] == last and s2["steps_done"] == STEPS
+  assert_same(a, b)

@@ -82,6 +82,7 @@ class _Reference:
     import optax
     from flax import nnx
 
+    from circuits import losses
     from circuits.models import build_model
 
     self.model = build_model(model_cfg, rngs=nnx.Rngs(0))
@@ -92,7 +93,7 @@ class _Reference:
     def step(model, opt, tokens_BxT, targets_BxT):
       def loss_fn(model):
         logits_BxTxV = model(tokens_BxT).logits_BxTxV
-        return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT).mean()
+        return losses.cross_entropy(targets_BxT, logits_BxTxV)[0].mean()
 
       loss, grads = nnx.value_and_grad(loss_fn)(model)
       opt.update(model, grads)

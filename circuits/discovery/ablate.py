@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
+from circuits import losses
 from circuits.discovery.measure import as_probe, pad_rows
 
 NAN = float("nan")
@@ -44,7 +45,7 @@ def _eval_chunk(graphdef, state, tokens_BxT, qpos_B, target_B, valid_B, scale_Lx
   logits_BxV = out.logits_BxTxV[jnp.arange(b), qpos_B].astype(jnp.float32)
   tl_B = logits_BxV[jnp.arange(b), target_B]
   rank_B = jnp.sum(logits_BxV > tl_B[:, None], axis=-1)  # number of strictly larger logits
-  loss_B = jax.nn.logsumexp(logits_BxV, axis=-1) - tl_B
+  loss_B = losses.cross_entropy(target_B[:, None], logits_BxV[:, None])[0][:, 0]
   f = lambda x: jnp.sum(x.astype(jnp.float32) * valid_B)
   return {"top1": f(rank_B < 1), "top5": f(rank_B < 5), "loss": f(loss_B), "target_logit": f(tl_B)}
 

@@ -17,6 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from circuits import diagnostics
 from circuits.models import layers as L
@@ -158,10 +159,11 @@ class Attention(nnx.Module):
       q = jnp.einsum("bqd,dhk->bqhk", xq_BxQxD, self.q[...].astype(dt))
       k = jnp.einsum("btd,dgk->btgk", x_BxTxD, self.k[...].astype(dt))
       v = jnp.einsum("btd,dgk->btgk", x_BxTxD, self.v[...].astype(dt))
-      return q, k, v
+      # remat tags (circuits/models/remat.py)
+      return checkpoint_name(q, "query_proj"), checkpoint_name(k, "key_proj"), checkpoint_name(v, "value_proj")
     w_DxHx3xK, b_Hx3xK = self.qkv[...].astype(dt), self.qkv_bias[...].astype(dt)
     if xq_BxQxD is x_BxTxD:
-      qkv_BxTxHx3xK = jnp.einsum("btd,dhck->bthck", x_BxTxD, w_DxHx3xK) + b_Hx3xK
+      qkv_BxTxHx3xK = checkpoint_name(jnp.einsum("btd,dhck->bthck", x_BxTxD, w_DxHx3xK) + b_Hx3xK, "qkv_proj")
       return tuple(qkv_BxTxHx3xK[:, :, :, i] for i in range(3))
     q = jnp.einsum("bqd,dhk->bqhk", xq_BxQxD, w_DxHx3xK[:, :, 0]) + b_Hx3xK[:, 0]
     kv_BxTxHx2xK = jnp.einsum("btd,dhck->bthck", x_BxTxD, w_DxHx3xK[:, :, 1:]) + b_Hx3xK[:, 1:]
@@ -203,4 +205,4 @@ class Attention(nnx.Module):
     out_BxQxD = jnp.einsum("bqhk,hkd->bqd", z_BxQxHxK, self.o[...].astype(dt))
     if self.o_bias is not None:
       out_BxQxD = out_BxQxD + self.o_bias[...].astype(dt)
-    return out_BxQxD, aux
+    return checkpoint_name(out_BxQxD, "out_proj"), aux

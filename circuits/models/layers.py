@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 # Logical axis names used by every parameter.
 EMBED, VOCAB, HEADS, KV_HEADS, HEAD_DIM, MLP, EXPERT, QKV = (
@@ -145,8 +146,9 @@ class GeluMLP(nnx.Module):
     self.up = Dense(d, f, (EMBED, MLP), bias=True, std=std, rngs=rngs, dtype=dtype)
     self.down = Dense(f, d, (MLP, EMBED), bias=True, std=std, rngs=rngs, dtype=dtype)
 
-  def __call__(self, x_BxTxD):
-    return self.down(jax.nn.gelu(self.up(x_BxTxD), approximate=False))
+  def __call__(self, x_BxTxD):  # checkpoint_name: remat tags (circuits/models/remat.py)
+    h_BxTxF = checkpoint_name(self.up(x_BxTxD), "mlpwi")
+    return checkpoint_name(self.down(jax.nn.gelu(h_BxTxF, approximate=False)), "mlpwo")
 
 
 class SwiGLU(nnx.Module):
@@ -157,8 +159,9 @@ class SwiGLU(nnx.Module):
     self.up = Dense(d, f, (EMBED, MLP), bias=False, std=std, rngs=rngs, dtype=dtype)
     self.down = Dense(f, d, (MLP, EMBED), bias=False, std=std, rngs=rngs, dtype=dtype)
 
-  def __call__(self, x_BxTxD):
-    return self.down(jax.nn.silu(self.gate(x_BxTxD)) * self.up(x_BxTxD))
+  def __call__(self, x_BxTxD):  # checkpoint_name: remat tags (circuits/models/remat.py)
+    g_BxTxF, u_BxTxF = checkpoint_name(self.gate(x_BxTxD), "mlpwi_0"), checkpoint_name(self.up(x_BxTxD), "mlpwi_1")
+    return checkpoint_name(self.down(jax.nn.silu(g_BxTxF) * u_BxTxF), "mlpwo")
 
 
 class Embed(nnx.Module):

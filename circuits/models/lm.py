@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from circuits.models import layers as L
+from circuits.models import remat as remat_lib
 from circuits.models.attention import Probe, causal_mask
 from circuits.models.config import ModelConfig
 
@@ -27,6 +28,7 @@ class ModelOutput:
   moe: dict | None = None  # load_LxE, imbalance_L, router_entropy_L, lb_loss_L, z_loss_L, topk_idx_LxNxK
   pattern_sums_BxLxPxH: jax.Array | None = None  # attention mass on given key patterns, per example
   extremes: dict | None = None  # resid_absmax_L, resid_absmedian_L, v_norm_first_LxG, v_norm_mean_LxG
+  hidden_BxTxD: jax.Array | None = None  # final-normed hidden states (hidden_only calls; logits = hidden @ unembed)
 
 
 def _stack(dicts: list[dict]) -> dict:
@@ -46,7 +48,8 @@ class LM(nnx.Module):
 
   def __call__(self, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None, stats: bool = False,
                query_pos_B=None, head_scale_LxH=None, head_replace_LxHxK=None, replace_mask_LxH=None,
-               extremes: bool = False, patterns_BxPxTxS=None, capture_only: bool = False) -> ModelOutput:
+               extremes: bool = False, patterns_BxPxTxS=None, capture_only: bool = False, remat: str = "none",
+               hidden_only: bool = False, residual_sharding=None) -> ModelOutput:
     """Logits, and on request per-head statistics, query-row captures and head ablations.
 
     segment_ids_BxT: when given, attention is masked between packed documents (positions should then
@@ -56,6 +59,12 @@ class LM(nnx.Module):
     mass sum_{t,s} A[t, s] * pattern[t, s] is returned per example, layer, pattern and head.
     capture_only: return only the captures at query_pos_B (rows and z; logits None) and compute no more
     than they need: the last layer's attention at the query rows alone, no last MLP, no unembedding.
+    remat: a circuits.models.remat policy name; each block call is wrapped in nnx.remat with it ("none": not).
+    hidden_only: return the final-normed hidden states instead of the logits (for circuits.losses'
+    chunked cross-entropy, which forms the logits a chunk at a time).
+    residual_sharding: a sharding of the [B, T, D] residual stream (the trainer's: batch over the data axes),
+    imposed after the embedding and after every block; without it GSPMD may replicate activations across
+    the fsdp axis to contract with fsdp-sharded weights (measured: 4x the per-device temp at 1B).
     """
     cfg = self.cfg
     if capture_only and (query_pos_B is None or stats or extremes or patterns_BxPxTxS is not None):
@@ -65,8 +74,10 @@ class LM(nnx.Module):
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     mask_BxTxS = causal_mask(positions_BxT, segment_ids_BxT)
-    x_BxTxD = self.embed(tokens_BxT, jnp.dtype(cfg.dtype))
+    constrain = lambda x: x if residual_sharding is None else jax.lax.with_sharding_constraint(x, residual_sharding)
+    x_BxTxD = constrain(self.embed(tokens_BxT, jnp.dtype(cfg.dtype)))
     attn_aux, moe_aux, ext = [], [], []
+    policy = remat_lib.policy(remat)
     for i, block in enumerate(self.blocks):
       probe = Probe(
           stats=stats, extremes=extremes, query_pos_B=query_pos_B, patterns_BxPxTxS=patterns_BxPxTxS,
@@ -78,7 +89,11 @@ class LM(nnx.Module):
                               dataclasses.replace(probe, query_rows_only=True))
         attn_aux.append(a_aux)
         break
-      x_BxTxD, a_aux, m_aux = block(x_BxTxD, positions_BxT, mask_BxTxS, probe)
+      call = lambda blk, x: blk(x, positions_BxT, mask_BxTxS, probe)  # called at once: this probe
+      if remat != "none":  # nnx.remat refuses bound methods: the block is an argument
+        call = nnx.remat(call, policy=policy)
+      x_BxTxD, a_aux, m_aux = call(block, x_BxTxD)
+      x_BxTxD = constrain(x_BxTxD)
       attn_aux.append(a_aux)
       if m_aux is not None:
         moe_aux.append(m_aux)
@@ -87,7 +102,9 @@ class LM(nnx.Module):
         ext.append({"resid_absmax_L": ax.max(), "resid_absmedian_L": jnp.median(ax),
                     "v_norm_first_LxG": a_aux["v_norm_first_G"], "v_norm_mean_LxG": a_aux["v_norm_mean_G"]})
     out: dict[str, Any] = {"logits_BxTxV": None}
-    if not capture_only:
+    if hidden_only:
+      out["hidden_BxTxD"] = self.final_norm(x_BxTxD)
+    elif not capture_only:
       logits_BxTxV = self.final_norm(x_BxTxD) @ self.unembed[...].astype(x_BxTxD.dtype)
       out["logits_BxTxV"] = logits_BxTxV.astype(jnp.float32)
     if stats:

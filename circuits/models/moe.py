@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from circuits import diagnostics
 from circuits.models import layers as L
@@ -55,8 +56,11 @@ class MoE(nnx.Module):
       token_M = order_M // cfg.top_k
       xs_MxD = x_NxD[token_M]
       sizes_E = jnp.bincount(flat_M, length=cfg.n_experts).astype(jnp.int32)
-      h_MxF = jax.nn.silu(jax.lax.ragged_dot(xs_MxD, wg, sizes_E)) * jax.lax.ragged_dot(xs_MxD, wu, sizes_E)
-      ys_MxD = jax.lax.ragged_dot(h_MxF, wd, sizes_E) * gates_NxK.reshape(-1)[order_M][:, None]
+      g_MxF = checkpoint_name(jax.lax.ragged_dot(xs_MxD, wg, sizes_E), "mlpwi_0")  # remat tags (models/remat.py)
+      u_MxF = checkpoint_name(jax.lax.ragged_dot(xs_MxD, wu, sizes_E), "mlpwi_1")
+      h_MxF = jax.nn.silu(g_MxF) * u_MxF
+      ys_MxD = checkpoint_name(jax.lax.ragged_dot(h_MxF, wd, sizes_E), "mlpwo")
+      ys_MxD = ys_MxD * gates_NxK.reshape(-1)[order_M][:, None]
       y_NxD = jnp.zeros_like(x_NxD).at[token_M].add(ys_MxD)
     stats = diagnostics.routing_stats(probs_NxE, idx_NxK, logits_NxE)
     stats["topk_idx_NxK"] = idx_NxK

@@ -68,7 +68,7 @@ def job_metrics(study, p: Paths, family: str, progress: bool = True) -> dict:
   import jax.numpy as jnp
   from flax import nnx
 
-  from circuits import diagnostics
+  from circuits import diagnostics, losses
   from circuits.discovery import revisions
 
   revs = sorted(revisions.from_run(str(p.run(family))), key=lambda r: r.step)
@@ -100,8 +100,7 @@ def job_metrics(study, p: Paths, family: str, progress: bool = True) -> dict:
   def measure(graphdef, state):
     model = nnx.merge(graphdef, state)
     out = model(jnp.asarray(inp), stats=True)
-    lse = jax.nn.logsumexp(out.logits_BxTxV, -1)
-    ce = lse - jnp.take_along_axis(out.logits_BxTxV, jnp.asarray(tgt)[..., None], -1)[..., 0]
+    ce, _ = losses.cross_entropy(jnp.asarray(tgt), out.logits_BxTxV)
     res = {k: jnp.mean(jnp.sum(ce * mk, 1) / jnp.maximum(jnp.sum(mk, 1), 1.0)) for k, mk in masks.items()}
     res["first_mass"] = out.attn_stats["first_mass"]
     q = jnp.asarray(comb.query_pos_N)

@@ -47,6 +47,19 @@ def validate(config) -> tuple[ml_collections.ConfigDict, ModelConfig]:
     raise ConfigError(f"train.lr: must be positive (got {tr.lr})")
   if tr.nan_policy not in NAN_POLICIES:
     raise ConfigError(f"train.nan_policy: must be one of {NAN_POLICIES} (got {tr.nan_policy!r})")
+  from circuits.models import remat as remat_lib
+  if tr.remat not in remat_lib.POLICIES:
+    raise ConfigError(f"train.remat: must be one of {tuple(remat_lib.POLICIES)} (got {tr.remat!r})")
+  if not isinstance(tr.microbatches, int) or tr.microbatches < 1:
+    raise ConfigError(f"train.microbatches: must be a positive integer (got {tr.microbatches!r})")
+  if tr.batch_size % tr.microbatches:
+    raise ConfigError(f"train.microbatches={tr.microbatches} must divide train.batch_size={tr.batch_size} (and the "
+                      "per-device batch, train.batch_size / (mesh.data x mesh.fsdp)); change either")
+  if not isinstance(tr.loss_chunk, int) or tr.loss_chunk < 0:
+    raise ConfigError(f"train.loss_chunk: must be an integer >= 0 (got {tr.loss_chunk!r})")
+  if tr.loss_chunk and data.seq_len % tr.loss_chunk:
+    raise ConfigError(f"train.loss_chunk={tr.loss_chunk} must divide data.seq_len={data.seq_len} (or be 0: "
+                      "whole logits)")
   if tr.log_every <= 0:
     raise ConfigError(f"train.log_every: must be positive (got {tr.log_every})")
   if data.seq_len < 2:
@@ -84,7 +97,8 @@ def probe_token_range(config, model_cfg: ModelConfig) -> tuple[int, int]:
 
 
 def check_mesh(config, mesh_sizes: dict) -> None:
-  """The global batch must split evenly over the batch axes of the mesh."""
+  """The global batch must split evenly over the batch axes of the mesh, and each device's part of it evenly
+  into train.microbatches (microbatch i takes rows i::m, so every device keeps its own rows)."""
   from circuits.train.sharding import BATCH_AXES
 
   n = 1
@@ -93,6 +107,11 @@ def check_mesh(config, mesh_sizes: dict) -> None:
   if config.train.batch_size % n:
     raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the mesh's batch axes "
                       f"({' x '.join(f'{a}={mesh_sizes[a]}' for a in BATCH_AXES)} = {n}); change "
+                      "train.batch_size or mesh.data/mesh.fsdp")
+  per_device, m = config.train.batch_size // n, int(config.train.get("microbatches", 1))
+  if per_device % m:
+    raise ConfigError(f"train.microbatches={m} must divide the per-device batch train.batch_size / {n} = "
+                      f"{per_device} (the mesh's batch axes hold {n} shards); change train.microbatches, "
                       "train.batch_size or mesh.data/mesh.fsdp")
 
 

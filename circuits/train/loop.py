@@ -90,7 +90,9 @@ def setup(config, devices=None) -> Setup:
   if cfg.data.segment_mask:
     keys += ("segment_ids_BxT", "positions_BxT")
   opts = step_lib.StepOptions(diagnostics=bool(tr.diagnostics), z_loss=float(tr.z_loss), nan_policy=str(tr.nan_policy),
-                              probe_every=int(cfg.probe.every), segment_mask=bool(cfg.data.segment_mask))
+                              probe_every=int(cfg.probe.every), segment_mask=bool(cfg.data.segment_mask),
+                              remat=str(tr.remat), microbatches=int(tr.microbatches), loss_chunk=int(tr.loss_chunk),
+                              residual_sharding=shd.batch_sharding(mesh, 3) if shd.batch_axis_size(mesh) > 1 else None)
   fn = step_lib.make_step(graphdef, model_cfg, tx, schedule, opts)
   b_sh = shd.batch_sharding(mesh)
   step = jax.jit(fn, in_shardings=(state_sh, b_sh, rep), out_shardings=(state_sh, rep), donate_argnums=(0,))

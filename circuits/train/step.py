@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from circuits import diagnostics
+from circuits import diagnostics, losses
 from circuits.models import ModelConfig, build_model
 
 PROBE_SEL = ("sel_induction", "sel_previous", "sel_first", "sel_induction_uniform", "sel_previous_uniform",
@@ -86,34 +86,80 @@ def probe_batch(config, model_cfg: ModelConfig) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class StepOptions:
+  """diagnostics: per-head attention reductions in the metrics; z_loss: output z-loss coefficient;
+  nan_policy: "abort" | "skip"; probe_every: K (0: no probe); segment_mask: attention masked by document;
+  remat: circuits.models.remat policy around each block; microbatches: m, the global batch is split into
+  m microbatches (rows i::m) whose gradients are summed inside the step before one update; loss_chunk: C > 0
+  forms the logits C positions at a time (circuits.losses chunked path; 0: whole, the plain path);
+  residual_sharding: imposed on the residual stream after the embedding and every block (None: GSPMD's choice)."""
   diagnostics: bool = True
   z_loss: float = 0.0
   nan_policy: str = "abort"
   probe_every: int = 0
   segment_mask: bool = False
+  remat: str = "none"
+  microbatches: int = 1
+  loss_chunk: int = 0
+  residual_sharding: Any = None  # sharding of the [B, T, D] residual stream (set by circuits.train.setup)
 
 
-def make_step(graphdef, model_cfg: ModelConfig, tx, schedule: optax.Schedule, opts: StepOptions) -> Callable:
-  """The pure train step `(state, batch, probe) -> (state, metrics)` (jit it with shardings)."""
+# metrics of one microbatch that are sums over its tokens (normalised by the whole batch's token count), so
+# that their sum over microbatches is the whole batch's value; every other metric is a mean over microbatches
+_SUMMED = ("loss", "z_loss", "tokens", "loss_total")
 
-  def loss_fn(params, batch):
+
+def split_microbatches(batch: dict, m: int) -> dict:
+  """[B, ...] -> [m, B/m, ...] with microbatch i = rows i::m (MaxText's strided split): each device's
+  contiguous shard of the batch holds its own rows of every microbatch, so no data moves between devices."""
+  return jax.tree.map(lambda x: x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def combine_microbatch_aux(aux_m: dict) -> dict:
+  """Metrics of the whole batch from those of its m microbatches (leading axis m): sums for _SUMMED, means
+  otherwise (equal-sized microbatches: a mean of means is the mean); MoE imbalance = max/mean of the
+  averaged load (not the mean of the microbatches' ratios)."""
+  out = {k: (v.sum(0) if k in _SUMMED else jax.tree.map(lambda a: a.mean(0), v)) for k, v in aux_m.items()}
+  if "moe" in out:
+    load_LxE = out["moe"]["load"]
+    out["moe"]["imbalance"] = load_LxE.max(-1) / load_LxE.mean(-1)
+  return out
+
+
+def make_grad_fn(graphdef, model_cfg: ModelConfig, opts: StepOptions) -> Callable:
+  """`(params, batch) -> (total_loss, aux, grads)` of the whole batch: the step's loss and gradients.
+
+  Loss: mean over the batch's unmasked tokens of the next-token cross-entropy (circuits.losses), plus
+  z_loss * mean lse^2, plus for MoE router_aux_loss_coef * lb_loss + router_z_loss_coef * router z-loss (each
+  the mean over layers). With m microbatches the token means keep the whole batch's denominator (the sum of
+  the microbatches' unnormalised sums, divided once), so loss, gradients and update equal m = 1's up to float
+  rounding; the MoE router losses are the mean over microbatches of each microbatch's value (as MaxText
+  does; lb_loss is not linear in the tokens, so for m > 1 it is not the whole batch's lb_loss).
+  """
+  m = int(opts.microbatches)
+
+  def loss_fn(params, batch, denom):
     model = nnx.merge(graphdef, params)
     kw = {}
     if opts.segment_mask:
       kw = dict(segment_ids_BxT=batch["segment_ids_BxT"], positions_BxT=batch["positions_BxT"])
-    out = model(batch["tokens_BxT"], stats=opts.diagnostics, **kw)
-    logits_BxTxV = out.logits_BxTxV
-    lse_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
-    tgt_BxT = jnp.take_along_axis(logits_BxTxV, batch["targets_BxT"][..., None], axis=-1)[..., 0]
+    kw.update(stats=opts.diagnostics, remat=opts.remat, residual_sharding=opts.residual_sharding)
+    targets_BxT = batch["targets_BxT"]
+    if opts.loss_chunk:
+      out = model(batch["tokens_BxT"], hidden_only=True, **kw)
+      nll_BxT, lse_BxT = losses.cross_entropy(targets_BxT, hidden_BxTxD=out.hidden_BxTxD,
+                                              unembed_DxV=params["unembed"], chunk=opts.loss_chunk)
+    else:
+      out = model(batch["tokens_BxT"], **kw)
+      nll_BxT, lse_BxT = losses.cross_entropy(targets_BxT, out.logits_BxTxV)
     mask_BxT = batch["loss_mask_BxT"]
-    denom = jnp.maximum(mask_BxT.sum(), 1.0)
-    ce = jnp.sum((lse_BxT - tgt_BxT) * mask_BxT) / denom
+    ce = jnp.sum(nll_BxT * mask_BxT) / denom
     zl = jnp.sum(jnp.square(lse_BxT) * mask_BxT) / denom
     total = ce + opts.z_loss * zl if opts.z_loss else ce
     aux: dict[str, Any] = {"loss": ce, "z_loss": zl, "tokens": mask_BxT.sum()}
     if out.moe is not None:
       lb, rz = out.moe["lb_loss_L"].mean(), out.moe["z_loss_L"].mean()
-      total = total + model_cfg.router_aux_loss_coef * lb + model_cfg.router_z_loss_coef * rz
+      router = model_cfg.router_aux_loss_coef * lb + model_cfg.router_z_loss_coef * rz
+      total = total + (router / m if m > 1 else router)  # summed over microbatches: their mean
       aux["moe"] = {"load": out.moe["load_LxE"], "imbalance": out.moe["imbalance_L"],
                     "router_entropy": out.moe["router_entropy_L"], "lb_loss": out.moe["lb_loss_L"],
                     "z_loss": out.moe["z_loss_L"]}
@@ -121,6 +167,32 @@ def make_step(graphdef, model_cfg: ModelConfig, tx, schedule: optax.Schedule, op
       aux["attn"] = dict(out.attn_stats)
     aux["loss_total"] = total
     return total, jax.lax.stop_gradient(aux)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def loss_and_grads(params, batch):
+    """(total, aux, grads) of the whole batch; with m > 1 a lax.scan over microbatches sums the grads."""
+    denom = jnp.maximum(batch["loss_mask_BxT"].sum(), 1.0)
+    if m == 1:
+      (total, aux), grads = grad_fn(params, batch, denom)
+      return total, aux, grads
+
+    def body(acc, mb):
+      (_, aux), g = grad_fn(params, mb, denom)
+      return jax.tree.map(jnp.add, acc, g), aux
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, aux_m = jax.lax.scan(body, zeros, split_microbatches(batch, m))
+    aux = combine_microbatch_aux(aux_m)
+    return aux["loss_total"], aux, grads
+
+  return loss_and_grads
+
+
+def make_step(graphdef, model_cfg: ModelConfig, tx, schedule: optax.Schedule, opts: StepOptions) -> Callable:
+  """The pure train step `(state, batch, probe) -> (state, metrics)` (jit it with shardings); loss and
+  gradients from `make_grad_fn`, one optimizer update per step whatever train.microbatches is."""
+  loss_and_grads = make_grad_fn(graphdef, model_cfg, opts)
 
   def run_probe(params, probe):
     model = nnx.merge(graphdef, params)
@@ -135,7 +207,7 @@ def make_step(graphdef, model_cfg: ModelConfig, tx, schedule: optax.Schedule, op
 
   def step(state, batch, probe):
     params, opt_state = state["params"], state["opt_state"]
-    (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+    total, aux, grads = loss_and_grads(params, batch)
     grad_norm = optax.tree.norm(grads)
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
