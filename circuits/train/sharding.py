@@ -65,6 +65,11 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices=None) -> Mesh:
   return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
+def batch_axis_size(mesh: Mesh) -> int:
+  """How many ways the mesh splits the batch (the product of its BATCH_AXES sizes)."""
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
 def logical_to_spec(names, shape, mesh: Mesh) -> P:
   """PartitionSpec of an array with logical axis `names` (None entries stay replicated)."""
   names = tuple(names) if names else (None,) * len(shape)
