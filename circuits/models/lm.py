@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from circuits.models import layers as L
-from circuits.models.attention import Probe, causal_mask
+from circuits.models.attention import Probe
 from circuits.models.config import ModelConfig
 
 
@@ -46,7 +46,8 @@ class LM(nnx.Module):
 
   def __call__(self, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None, stats: bool = False,
                query_pos_B=None, head_scale_LxH=None, head_replace_LxHxK=None, replace_mask_LxH=None,
-               extremes: bool = False, patterns_BxPxTxS=None, capture_only: bool = False) -> ModelOutput:
+               extremes: bool = False, patterns_BxPxTxS=None, capture_only: bool = False,
+               attention_impl: str | None = None) -> ModelOutput:
     """Logits, and on request per-head statistics, query-row captures and head ablations.
 
     segment_ids_BxT: when given, attention is masked between packed documents (positions should then
@@ -56,6 +57,8 @@ class LM(nnx.Module):
     mass sum_{t,s} A[t, s] * pattern[t, s] is returned per example, layer, pattern and head.
     capture_only: return only the captures at query_pos_B (rows and z; logits None) and compute no more
     than they need: the last layer's attention at the query rows alone, no last MLP, no unembedding.
+    attention_impl: override model.attention_impl for this call (calls with query_pos_B or patterns always
+    use the exact attention: they read its weights).
     """
     cfg = self.cfg
     if capture_only and (query_pos_B is None or stats or extremes or patterns_BxPxTxS is not None):
@@ -64,7 +67,6 @@ class LM(nnx.Module):
     b, t = tokens_BxT.shape
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    mask_BxTxS = causal_mask(positions_BxT, segment_ids_BxT)
     x_BxTxD = self.embed(tokens_BxT, jnp.dtype(cfg.dtype))
     attn_aux, moe_aux, ext = [], [], []
     for i, block in enumerate(self.blocks):
@@ -72,13 +74,13 @@ class LM(nnx.Module):
           stats=stats, extremes=extremes, query_pos_B=query_pos_B, patterns_BxPxTxS=patterns_BxPxTxS,
           head_scale_H=None if head_scale_LxH is None else head_scale_LxH[i],
           head_replace_HxK=None if head_replace_LxHxK is None else head_replace_LxHxK[i],
-          replace_mask_H=None if replace_mask_LxH is None else replace_mask_LxH[i])
+          replace_mask_H=None if replace_mask_LxH is None else replace_mask_LxH[i], impl=attention_impl)
       if capture_only and i == cfg.n_layers - 1:  # every family's block opens with attn(ln1(x))
-        _, a_aux = block.attn(block.ln1(x_BxTxD), positions_BxT, mask_BxTxS,
+        _, a_aux = block.attn(block.ln1(x_BxTxD), positions_BxT, segment_ids_BxT,
                               dataclasses.replace(probe, query_rows_only=True))
         attn_aux.append(a_aux)
         break
-      x_BxTxD, a_aux, m_aux = block(x_BxTxD, positions_BxT, mask_BxTxS, probe)
+      x_BxTxD, a_aux, m_aux = block(x_BxTxD, positions_BxT, segment_ids_BxT, probe)
       attn_aux.append(a_aux)
       if m_aux is not None:
         moe_aux.append(m_aux)
