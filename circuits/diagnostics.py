@@ -89,30 +89,35 @@ def reductions_from_row_stats(lse_real_BxHxT, mean_logw_BxHxT, logw_first_BxHxT,
   }
 
 
-def attention_reductions_from_logits(masked_logits_BxHxTxS, probs_BxHxTxS, mask_BxTxS, *, kind: str,
+def attention_reductions_from_logits(logits_BxHxTxS, probs_BxHxTxS, mask_BxTxS, *, kind: str,
                                      sink_logit_H=None) -> dict:
   """`attention_reductions` of the exact attention, read off its logits by `reductions_from_row_stats`.
 
-  masked_logits_BxHxTxS: the scaled logits with a large negative bias (fp32 min) on hidden keys, i.e. the
-  softmax's input; probs_BxHxTxS the weights computed from them (the renormalised row of the softmax family
-  is probs / row sum; sigmoid's weights are its w). No per-element log: lse is one max/exp/sum reduction
-  (the softmax's own, which XLA can share), sum p~ log w one multiply-add pass, and the masses come from
-  the logits' first column and two diagonals. Rows are causal (T == S).
+  logits_BxHxTxS: the scaled logits before masking; probs_BxHxTxS: the weights computed from them (0 on hidden
+  keys; the renormalised row of the softmax family is probs / row sum; sigmoid's weights are its w). No
+  per-element log or exp for softmax/gated: lse from two max reductions (below), sum p~ log w one multiply-add
+  pass over the already materialised logits and weights, and the masses from the logits' first column and two
+  diagonals. Rows are causal (T == S).
   """
   f32 = jnp.float32
-  logits = masked_logits_BxHxTxS.astype(f32)
+  logits = logits_BxHxTxS.astype(f32)
   p = probs_BxHxTxS.astype(f32)
   logw = attention_log_weights(logits, kind, logits.shape[-1])
-  if kind == "sigmoid":  # weights w = p, unnormalised; hidden keys have p = 0 and a finite logw
+  if kind == "sigmoid":  # weights w = p, unnormalised (0 on hidden keys)
     w_sum = p.sum(-1)
     lse_real = jnp.log(w_sum)
     mean_logw = jnp.sum(p * logw, -1) / w_sum
-  else:  # the same max / exp / sum as jax.nn.softmax on these logits
-    m = jnp.max(logits, -1, initial=-jnp.inf, keepdims=True)
-    lse_real = (m + jnp.log(jnp.sum(jnp.exp(logits - m), -1, keepdims=True)))[..., 0]
-    mean_logw = jnp.sum(p * logits, -1)  # hidden keys: 0 * (large negative) = 0
-    if kind not in ("softmax", "gated"):
-      mean_logw = mean_logw / p.sum(-1)
+  elif kind in ("softmax", "gated"):
+    # p_s = e^{l_s - lse} for every visible key, so at the row's largest visible logit m: lse = m - log max_s p_s,
+    # and max_s p_s = 1 / sum_s e^{l_s - m} >= 1 / S never underflows. Two max reductions, no exp or log.
+    m = jnp.max(jnp.where(mask_BxTxS[:, None], logits, -jnp.inf), -1)
+    lse_real = m - jnp.log(jnp.max(p, -1))
+    mean_logw = jnp.sum(p * logits, -1)  # hidden keys have p = 0
+  else:  # softmax1 / sink_logit: the sink may take nearly all the mass, so the real keys' lse is summed
+    masked = jnp.where(mask_BxTxS[:, None], logits, -jnp.inf)
+    m = jnp.max(masked, -1, keepdims=True)
+    lse_real = (m + jnp.log(jnp.sum(jnp.exp(masked - m), -1, keepdims=True)))[..., 0]
+    mean_logw = jnp.sum(p * logits, -1) / p.sum(-1)
   diag = lambda a, off: jnp.diagonal(a, offset=off, axis1=-2, axis2=-1)
   pad_prev = lambda a: jnp.concatenate([jnp.zeros_like(a[..., :1]), a], -1)  # row t holds key t-1; row 0 unused
   return reductions_from_row_stats(
