@@ -102,7 +102,7 @@ def online_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK=None, *, kind: str = "softm
         acc2 = None if acc is None else acc * c[..., None] + jnp.einsum("bgrqc,bgck->bgrqk", w, vb)
         a2 = None
         if a is not None:
-          a2 = a * lax.stop_gradient(c) + lax.stop_gradient(jnp.sum(jnp.where(vis, w * logw, 0.0), -1))
+          a2 = a * lax.stop_gradient(c) + lax.stop_gradient(jnp.sum(w * logw, -1))  # hidden keys: w = 0
         return m2, l2, acc2, a2
 
       return lax.cond(j <= i, compute, lambda c: c, carry), None
