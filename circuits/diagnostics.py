@@ -45,6 +45,90 @@ def attention_reductions(probs_BxHxTxS, normalised: bool = True) -> dict:
   }
 
 
+def attention_log_weights(logits, kind: str, n_keys: int):
+  """log w of each key's unnormalised weight: the logit for the softmax family; log sigmoid(l - ln S) for
+  sigmoid (whose weights are never normalised). fp32, any shape."""
+  logits = logits.astype(jnp.float32)
+  if kind == "sigmoid":
+    return jax.nn.log_sigmoid(logits - jnp.log(float(n_keys)))
+  return logits
+
+
+def attention_log_normaliser(lse_real_BxHxT, kind: str, sink_logit_H=None):
+  """log Z of each row: a key's weight is w / Z. softmax/gated: lse over the real keys; softmax1 and
+  sink_logit add a virtual key of logit 0 / b_h; sigmoid: 0 (no normaliser). fp32 [B, H, T]."""
+  if kind in ("softmax", "gated"):
+    return lse_real_BxHxT
+  if kind == "softmax1":
+    return jnp.logaddexp(lse_real_BxHxT, 0.0)
+  if kind == "sink_logit":
+    return jnp.logaddexp(lse_real_BxHxT, sink_logit_H.astype(jnp.float32)[None, :, None])
+  if kind == "sigmoid":
+    return jnp.zeros_like(lse_real_BxHxT)
+  raise ValueError(f"unknown attention kind {kind!r}")
+
+
+def reductions_from_row_stats(lse_real_BxHxT, mean_logw_BxHxT, logw_first_BxHxT, logw_prev_BxHxT,
+                              logw_self_BxHxT, first_visible_BxT, prev_visible_BxT, *, kind: str,
+                              sink_logit_H=None) -> dict:
+  """The five ATTN_REDUCTIONS of `attention_reductions` from per-row statistics, without the [T, S] weights.
+
+  Per query row t (fp32): lse_real = log sum_s w_s over the visible real keys (w_s = e^{l_s}, or the sigmoid
+  weight); mean_logw = sum_s p~_s log w_s with p~ the row renormalised over the real keys; logw_first /
+  logw_prev / logw_self = log w at keys 0, t-1 and t (the exact logits the weights came from);
+  first_visible / prev_visible: key 0 / key t-1 is visible from t (causal, same segment). With log Z =
+  attention_log_normaliser(lse_real): mass on key j = e^{log w_j - log Z} (0 when not visible); entropy =
+  lse_real - mean_logw (of the renormalised row: -sum p~ log p~ = log sum w - sum p~ log w);
+  unplaced = 1 - e^{lse_real - log Z}. prev averages over t >= 1, as jnp.diagonal(p, -1) does.
+  The exact attention (from its logits) and the blockwise/kernel stats pass both reduce through here.
+  """
+  log_z = attention_log_normaliser(lse_real_BxHxT, kind, sink_logit_H)
+  mass = lambda logw, vis: jnp.where(vis[:, None], jnp.exp(logw - log_z), 0.0)
+  return {
+      "first_mass": mass(logw_first_BxHxT, first_visible_BxT).mean(axis=(0, 2)),
+      "entropy": (lse_real_BxHxT - mean_logw_BxHxT).mean(axis=(0, 2)),
+      "prev_mass": mass(logw_prev_BxHxT, prev_visible_BxT)[:, :, 1:].mean(axis=(0, 2)),
+      "self_mass": mass(logw_self_BxHxT, jnp.ones_like(first_visible_BxT)).mean(axis=(0, 2)),
+      "unplaced_mass": (1.0 - jnp.exp(lse_real_BxHxT - log_z)).mean(axis=(0, 2)),
+  }
+
+
+def attention_reductions_from_logits(logits_BxHxTxS, probs_BxHxTxS, mask_BxTxS, *, kind: str,
+                                     sink_logit_H=None) -> dict:
+  """`attention_reductions` of the exact attention, read off its logits by `reductions_from_row_stats`.
+
+  logits_BxHxTxS: the scaled logits before masking; probs_BxHxTxS: the weights computed from them (0 on hidden
+  keys; the renormalised row of the softmax family is probs / row sum; sigmoid's weights are its w). No
+  per-element log or exp for softmax/gated: lse from two max reductions (below), sum p~ log w one multiply-add
+  pass over the already materialised logits and weights, and the masses from the logits' first column and two
+  diagonals. Rows are causal (T == S).
+  """
+  f32 = jnp.float32
+  logits = logits_BxHxTxS.astype(f32)
+  p = probs_BxHxTxS.astype(f32)
+  logw = attention_log_weights(logits, kind, logits.shape[-1])
+  if kind == "sigmoid":  # weights w = p, unnormalised (0 on hidden keys)
+    w_sum = p.sum(-1)
+    lse_real = jnp.log(w_sum)
+    mean_logw = jnp.sum(p * logw, -1) / w_sum
+  elif kind in ("softmax", "gated"):
+    # p_s = e^{l_s - lse} for every visible key, so at the row's largest visible logit m: lse = m - log max_s p_s,
+    # and max_s p_s = 1 / sum_s e^{l_s - m} >= 1 / S never underflows. Two max reductions, no exp or log.
+    m = jnp.max(jnp.where(mask_BxTxS[:, None], logits, -jnp.inf), -1)
+    lse_real = m - jnp.log(jnp.max(p, -1))
+    mean_logw = jnp.sum(p * logits, -1)  # hidden keys have p = 0
+  else:  # softmax1 / sink_logit: the sink may take nearly all the mass, so the real keys' lse is summed
+    masked = jnp.where(mask_BxTxS[:, None], logits, -jnp.inf)
+    m = jnp.max(masked, -1, keepdims=True)
+    lse_real = (m + jnp.log(jnp.sum(jnp.exp(masked - m), -1, keepdims=True)))[..., 0]
+    mean_logw = jnp.sum(p * logits, -1) / p.sum(-1)
+  diag = lambda a, off: jnp.diagonal(a, offset=off, axis1=-2, axis2=-1)
+  pad_prev = lambda a: jnp.concatenate([jnp.zeros_like(a[..., :1]), a], -1)  # row t holds key t-1; row 0 unused
+  return reductions_from_row_stats(
+      lse_real, mean_logw, logw[..., 0], pad_prev(diag(logw, -1)), diag(logw, 0), mask_BxTxS[:, :, 0],
+      pad_prev(diag(mask_BxTxS, -1)), kind=kind, sink_logit_H=sink_logit_H)
+
+
 def routing_stats(probs_NxE, topk_idx_NxK, logits_NxE) -> dict:
   """MoE router statistics for one layer (unscaled losses).
 

@@ -9,7 +9,11 @@ import ml_collections
 def model_fields(**kw) -> ml_collections.ConfigDict:
   from circuits.models.config import ModelConfig
 
-  return ml_collections.ConfigDict(ModelConfig(**kw).to_dict())
+  d = ModelConfig(**kw).to_dict()
+  for f in ("fused_qkv", "qk_norm"):  # unset: left to the family, so a later change of model.family applies
+    if kw.get(f) is None:
+      d[f] = None
+  return ml_collections.ConfigDict(d)
 
 
 def base_config() -> ml_collections.ConfigDict:

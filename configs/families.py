@@ -4,12 +4,14 @@ from configs.base import base_config, model_fields
 
 PYTHIA_1B = dict(family="pythia", vocab_size=50304, d_model=2048, n_layers=16, n_heads=8, d_ff=8192,
                  rotary_pct=0.25, rope_theta=10000.0, norm_eps=1e-5, parallel_residual=True,
-                 qkv_bias=True)
+                 qkv_bias=True, fused_qkv=True, qk_norm=False)
 OLMO_1B_0724 = dict(family="olmo", vocab_size=50304, d_model=2048, n_layers=16, n_heads=16, d_ff=8192,
-                    rotary_pct=1.0, rope_theta=10000.0, norm_eps=1e-5, clip_qkv=8.0)
+                    rotary_pct=1.0, rope_theta=10000.0, norm_eps=1e-5, clip_qkv=8.0, fused_qkv=False,
+                    qk_norm=False)
 OLMOE_1B_7B = dict(family="olmoe", vocab_size=50304, d_model=2048, n_layers=16, n_heads=16, d_ff=1024,
                    rotary_pct=1.0, rope_theta=10000.0, norm_eps=1e-5, n_experts=64, top_k=8,
-                   norm_topk_prob=False, router_aux_loss_coef=0.01, router_z_loss_coef=0.001)
+                   norm_topk_prob=False, router_aux_loss_coef=0.01, router_z_loss_coef=0.001, fused_qkv=False,
+                   qk_norm=True)
 
 PUBLISHED = {"pythia": PYTHIA_1B, "olmo": OLMO_1B_0724, "olmoe": OLMOE_1B_7B}
 
@@ -37,6 +39,7 @@ def family_config(family: str, size: str):
     c.train.warmup_steps = {"pythia": 1430, "olmo": 2500, "olmoe": 2500}[family]
     c.train.steps = {"pythia": 143000, "olmo": 1454000, "olmoe": 1220000}[family]
     c.train.weight_decay = {"pythia": 0.01, "olmo": 0.1, "olmoe": 0.1}[family]
+    c.model.attention_impl = "blockwise"  # no [B, H, T, S] weights kept for the backward pass; same math
     c.mesh.fsdp = -1
     c.mesh.data = 1
     # to fit 1024 x T on 64 devices (16 sequences per device): bf16 activations (fp32 params, optimizer,

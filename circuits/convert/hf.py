@@ -78,16 +78,18 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
     _expect(hf, "attention_bias", (True,), True)
     fields = dict(common, family="pythia", rotary_pct=pct, rope_theta=theta,
                   norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
-                  parallel_residual=bool(hf.get("use_parallel_residual", True)), qkv_bias=True)
+                  parallel_residual=bool(hf.get("use_parallel_residual", True)), qkv_bias=True, fused_qkv=True,
+                  qk_norm=False)
   else:
     pct, theta = _rope(hf, 1.0)
     _expect(hf, "hidden_act", ("silu",), "silu")
     _expect(hf, "attention_bias", (False, None), False)
     clip = hf.get("clip_qkv")
     fields = dict(common, family="olmo", n_kv_heads=int(hf.get("num_key_value_heads") or h), rotary_pct=pct,
-                  rope_theta=theta, norm_eps=1e-5, clip_qkv=None if clip is None else float(clip))
+                  rope_theta=theta, norm_eps=1e-5, clip_qkv=None if clip is None else float(clip), fused_qkv=False,
+                  qk_norm=False)
     if mt == "olmoe":
-      fields.update(family="olmoe", norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
+      fields.update(family="olmoe", qk_norm=True, norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
                     n_experts=int(hf.get("num_experts", hf.get("num_local_experts", 64))),
                     top_k=int(hf.get("num_experts_per_tok", 8)),
                     norm_topk_prob=bool(hf.get("norm_topk_prob", False)),

@@ -151,7 +151,7 @@ def from_run(workdir, steps: Optional[Iterable[int]] = None) -> list[Revision]:
     step = int(meta["step"])
     if want is not None and step not in want:
       continue
-    model_cfg = ModelConfig.from_dict(meta["config"]["model"])
+    model_cfg = ModelConfig.from_dict(meta["config"]["model"]).replace(attention_impl="exact")  # discovery: exact
 
     def load(step=step, model_cfg=model_cfg):
       params, _ = rundir.restore_params(str(workdir), step)

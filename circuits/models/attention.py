@@ -7,6 +7,12 @@ Besides its output, the op can return, when asked (never a [B, H, T, S] tensor):
   pattern_sums_BxPxH: per example, the attention mass on each of P given 0/1 key patterns [B, P, T, S];
   rows_BxHxS / z_BxHxK: the attention row and the pre-output-projection vector at one query per example;
 and it can scale (zero) or replace chosen heads' z at the output-projection input, for ablations.
+
+How it is computed is `model.attention_impl` (the math is the same): "exact" (`attend`: the [B, H, T, S] weights
+are materialised; discovery, captures, pattern sums and query-row calls always use it), "blockwise"
+(circuits.models.blockwise: online softmax over key blocks, no [T, S] array kept for the backward pass),
+"splash" / "cudnn" (circuits.models.kernels, TPU / GPU; their stats come from the blockwise stats pass), "auto".
+Stats and ablations are available with every impl; the stats are fp32 and equal across impls.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from circuits import diagnostics
+from circuits.models import blockwise, kernels
 from circuits.models import layers as L
 from circuits.models.config import ModelConfig
 
@@ -35,6 +42,7 @@ class Probe:
   head_replace_HxK: jax.Array | None = None  # replace z of heads where replace_mask_H ...
   replace_mask_H: jax.Array | None = None  # ... is True (e.g. mean ablation), at every position
   patterns_BxPxTxS: jax.Array | None = None  # 0/1 key patterns: return sum_{t,s} A * pattern per example
+  impl: str | None = None  # override model.attention_impl for this call (captures force "exact" anyway)
 
 
 def causal_mask(positions_BxT, segment_ids_BxT=None):
@@ -102,6 +110,10 @@ def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, probe: Probe, kind: str 
 
   aux = {}
   if probe.stats:
+    # From the weights, not the logits: in a fwd+bwd program the weights are materialised anyway and their
+    # reductions fuse with the softmax, while every pass over the logits (the lse-based
+    # diagnostics.attention_reductions_from_logits) was measured to cost more (CPU, B 8, H 4, T 256:
+    # +1.5% vs +13.6% of the attention's fwd+bwd time).
     aux["stats"] = diagnostics.attention_reductions(probs_BxHxTxS, normalised=kind in ("softmax", "gated"))
   if probe.patterns_BxPxTxS is not None:  # e.g. TransformerLens detector patterns, reduced in place
     aux["pattern_sums_BxPxH"] = jnp.einsum("bhts,bpts->bph", probs_BxHxTxS,
@@ -110,12 +122,55 @@ def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, probe: Probe, kind: str 
     idx_B = jnp.arange(b)
     aux["rows_BxHxS"] = probs_BxHxTxS[idx_B, :, probe.query_pos_B, :]
     aux["z_BxHxK"] = z_BxTxHxK[idx_B, probe.query_pos_B].astype(jnp.float32)
+  return ablate(z_BxTxHxK, probe), aux
+
+
+def ablate(z_BxTxHxK, probe: Probe):
+  """The probe's head ablations on z: scale (head_scale_H) and replace (replace_mask_H, head_replace_HxK)."""
   if probe.head_scale_H is not None:
     z_BxTxHxK = z_BxTxHxK * probe.head_scale_H.astype(z_BxTxHxK.dtype)[:, None]
   if probe.replace_mask_H is not None:
     z_BxTxHxK = jnp.where(probe.replace_mask_H[:, None], probe.head_replace_HxK.astype(z_BxTxHxK.dtype),
                           z_BxTxHxK)
-  return z_BxTxHxK, aux
+  return z_BxTxHxK
+
+
+def needs_exact(probe: Probe) -> bool:
+  """Captures of attention rows, pattern sums and query-row calls read the weights: only `attend` has them."""
+  return probe.query_pos_B is not None or probe.patterns_BxPxTxS is not None or probe.query_rows_only
+
+
+def attend_impl(impl: str, q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, segment_ids_BxT, probe: Probe, *, kind: str,
+                sink_logit_H=None, gate_BxTxHxK=None, block: int = 512):
+  """`attend` without the [B, H, T, S] weights (impl "blockwise", "splash" or "cudnn"): (z_BxTxHxK, aux).
+
+  Causal self-attention with same-segment masking when segment ids are given. aux holds only "stats" (when
+  probe.stats): blockwise accumulates them in its own pass; the kernels get them from the stop_gradient
+  stats pass `blockwise.attention_stats`. Ablations act on z as in `attend`.
+  """
+  if needs_exact(probe):
+    raise ValueError(f"attention_impl={impl!r} returns no attention rows or pattern sums; use 'exact'")
+  red = None
+  if impl == "blockwise":
+    z_BxTxHxK, red = blockwise.blockwise_attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, kind=kind,
+                                                sink_logit_H=sink_logit_H, segment_ids_BxT=segment_ids_BxT,
+                                                block=block, stats=probe.stats)
+  else:
+    if impl == "splash":
+      z_BxTxHxK = kernels.splash_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, kind=kind, sink_logit_H=sink_logit_H,
+                                           segment_ids_BxT=segment_ids_BxT, block=block)
+    elif impl == "cudnn":
+      z_BxTxHxK = kernels.cudnn_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, kind=kind,
+                                          segment_ids_BxT=segment_ids_BxT)
+    else:
+      raise ValueError(f"unknown attention impl {impl!r}")
+    if probe.stats:
+      red = blockwise.attention_stats(q_BxTxHxK, k_BxSxGxK, kind=kind, sink_logit_H=sink_logit_H,
+                                      segment_ids_BxT=segment_ids_BxT, block=block)
+  if gate_BxTxHxK is not None:
+    z_BxTxHxK = z_BxTxHxK * gate_BxTxHxK
+  aux = {"stats": red} if probe.stats else {}
+  return ablate(z_BxTxHxK, probe), aux
 
 
 class Attention(nnx.Module):
@@ -125,11 +180,9 @@ class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     d, h, g, k = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.hd
     self.cfg = cfg
-    self.fused = cfg.family == "pythia"
+    self.fused = bool(cfg.fused_qkv)
     pd = cfg.param_dtype
-    if self.fused:
-      if g != h:
-        raise ValueError("model.n_kv_heads: the fused (Pythia) QKV layout needs n_kv_heads == n_heads")
+    if self.fused:  # (ModelConfig checks n_kv_heads == n_heads)
       std_3 = jnp.array([cfg.qk_init_std, cfg.qk_init_std, cfg.init_std], jnp.float32)
       self.qkv = L.param(rngs, (d, h, 3, k), (L.EMBED, L.HEADS, L.QKV, L.HEAD_DIM), std=1.0, dtype=pd)
       self.qkv[...] = self.qkv[...] * std_3[:, None].astype(pd)
@@ -147,7 +200,7 @@ class Attention(nnx.Module):
       self.gate = L.param(None, (d, h, k), (L.EMBED, L.HEADS, L.HEAD_DIM), fill=0.0, dtype=pd)
     if cfg.attention == "sink_logit":
       self.sink_logit = L.param(None, (h,), (L.HEADS,), fill=0.0, dtype=pd)
-    self.qk_norm = cfg.family == "olmoe"
+    self.qk_norm = bool(cfg.qk_norm)
     if self.qk_norm:
       self.q_norm = L.RMSNorm(h * k, cfg.norm_eps, axis_name=L.HEADS, dtype=pd)
       self.k_norm = L.RMSNorm(g * k, cfg.norm_eps, axis_name=L.KV_HEADS, dtype=pd)
@@ -169,9 +222,13 @@ class Attention(nnx.Module):
     kv_BxTxHx2xK = jnp.einsum("btd,dhck->bthck", x_BxTxD, w_DxHx3xK[:, :, 1:]) + b_Hx3xK[:, 1:]
     return q, kv_BxTxHx2xK[:, :, :, 0], kv_BxTxHx2xK[:, :, :, 1]
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, probe: Probe = Probe()):
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT=None, probe: Probe = Probe()):
+    """Causal self-attention (same-segment only when segment_ids_BxT is given): (out_BxTxD, aux)."""
     cfg = self.cfg
     b, t, _ = x_BxTxD.shape
+    impl = "exact" if needs_exact(probe) else kernels.resolve_impl(probe.impl or cfg.attention_impl,
+                                                                   cfg.attention, x_BxTxD.dtype)
+    mask_BxTxS = causal_mask(positions_BxT, segment_ids_BxT) if impl == "exact" else None
     xq_BxQxD, qpos_BxQ, qmask_BxQxS = x_BxTxD, positions_BxT, mask_BxTxS
     if probe.query_rows_only:  # one query row per example (discovery's last layer): q there, k and v everywhere
       if probe.stats or probe.patterns_BxPxTxS is not None or probe.query_pos_B is None:
@@ -195,8 +252,12 @@ class Attention(nnx.Module):
     if cfg.attention == "gated":
       gate = jax.nn.sigmoid(jnp.einsum("bqd,dhk->bqhk", xq_BxQxD, self.gate[...].astype(xq_BxQxD.dtype)))
     sink = self.sink_logit[...] if cfg.attention == "sink_logit" else None
-    z_BxQxHxK, aux = attend(q, k, v, qmask_BxQxS, probe, kind=cfg.attention, sink_logit_H=sink,
-                            gate_BxTxHxK=gate)
+    if impl == "exact":
+      z_BxQxHxK, aux = attend(q, k, v, qmask_BxQxS, probe, kind=cfg.attention, sink_logit_H=sink,
+                              gate_BxTxHxK=gate)
+    else:
+      z_BxQxHxK, aux = attend_impl(impl, q, k, v, segment_ids_BxT, probe, kind=cfg.attention, sink_logit_H=sink,
+                                   gate_BxTxHxK=gate, block=cfg.attention_block)
     if probe.extremes:
       v_norm_BxSxG = jnp.linalg.norm(v.astype(jnp.float32), axis=-1)
       aux["v_norm_first_G"] = v_norm_BxSxG[:, 0].mean(0)

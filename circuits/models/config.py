@@ -13,6 +13,16 @@ from circuits.errors import CircuitsError
 FAMILIES = ("pythia", "olmo", "olmoe")
 ATTENTION_KINDS = ("softmax", "softmax1", "sink_logit", "gated", "sigmoid")
 MOE_IMPLS = ("ragged", "dense")
+# How attention is computed (the math is the same; circuits.models.attention): "exact" materialises the
+# [B, H, T, S] weights (discovery, captures, parity); "blockwise" is the pure-jnp online softmax (every backend,
+# no [T, S] array kept for the backward pass); "splash" the TPU Pallas kernel; "cudnn" the GPU cuDNN kernel;
+# "auto" picks splash on TPU, cudnn on GPU where it supports the variant and dtype, else blockwise.
+ATTENTION_IMPLS = ("exact", "blockwise", "splash", "cudnn", "auto")
+# Variants each impl supports (sigmoid has no normaliser: no fused kernel computes it).
+IMPL_KINDS = {"exact": ATTENTION_KINDS, "blockwise": ATTENTION_KINDS, "auto": ATTENTION_KINDS,
+              "splash": ("softmax", "gated", "softmax1", "sink_logit"), "cudnn": ("softmax", "gated")}
+# Fields that change how, not what, the model computes (a resumed run may switch them).
+IMPL_FIELDS = ("attention_impl", "attention_block")
 
 
 class ConfigError(CircuitsError, ValueError):
@@ -44,6 +54,11 @@ class ModelConfig:
   moe_impl: str = "ragged"  # "ragged" (sorted grouped matmul) or "dense" (every expert on every token)
   # attention variant (sink mitigations); "softmax" is the parity-tested default
   attention: str = "softmax"
+  attention_impl: str = "exact"  # ATTENTION_IMPLS; captures, pattern sums and query-row calls always use exact
+  attention_block: int = 512  # blockwise: query/key block length
+  # layout of the attention projections (None: the family's: Pythia fused per-head [q, k, v]; OLMoE QK-norm)
+  fused_qkv: bool | None = None
+  qk_norm: bool | None = None  # RMSNorm over the full q and k projection widths, before rotary
   # init (for models we train); converted checkpoints overwrite every parameter
   init_std: float = 0.02
   qk_init_std: float = 0.02
@@ -71,6 +86,11 @@ class ModelConfig:
     def bad(field, why):
       raise ConfigError(f"model.{field}: {why} (got {getattr(self, field)!r})")
 
+    if self.fused_qkv is None:  # frozen: resolve the family defaults in place
+      object.__setattr__(self, "fused_qkv", self.family == "pythia")
+    if self.qk_norm is None:
+      object.__setattr__(self, "qk_norm", self.family == "olmoe")
+
     if self.family not in FAMILIES:
       bad("family", f"must be one of {FAMILIES}")
     for f in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff"):
@@ -86,6 +106,16 @@ class ModelConfig:
       bad("rotary_pct", f"rotary dims = int(head_dim*rotary_pct) = {self.rotary_dim} must be even")
     if self.attention not in ATTENTION_KINDS:
       bad("attention", f"must be one of {ATTENTION_KINDS}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      bad("attention_impl", f"must be one of {ATTENTION_IMPLS}")
+    if self.attention not in IMPL_KINDS[self.attention_impl]:
+      ok = [i for i, kinds in IMPL_KINDS.items() if self.attention in kinds and i != "auto"]
+      bad("attention_impl", f"{self.attention_impl!r} does not support attention={self.attention!r}; "
+          f"use one of {ok}")
+    if int(self.attention_block) < 8 or int(self.attention_block) % 8:
+      bad("attention_block", "must be a positive multiple of 8")
+    if self.fused_qkv and self.kv_heads != self.n_heads:
+      bad("fused_qkv", "the fused [q, k, v] layout needs n_kv_heads == n_heads")
     if self.moe_impl not in MOE_IMPLS:
       bad("moe_impl", f"must be one of {MOE_IMPLS}")
     if self.family == "olmoe" and not self.is_moe:

@@ -15,7 +15,7 @@ from flax import nnx, struct
 
 from circuits.models import layers as L
 from circuits.models import remat as remat_lib
-from circuits.models.attention import Probe, causal_mask
+from circuits.models.attention import Probe
 from circuits.models.config import ModelConfig
 
 
@@ -49,7 +49,7 @@ class LM(nnx.Module):
   def __call__(self, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None, stats: bool = False,
                query_pos_B=None, head_scale_LxH=None, head_replace_LxHxK=None, replace_mask_LxH=None,
                extremes: bool = False, patterns_BxPxTxS=None, capture_only: bool = False, remat: str = "none",
-               hidden_only: bool = False, residual_sharding=None) -> ModelOutput:
+               hidden_only: bool = False, residual_sharding=None, attention_impl: str | None = None) -> ModelOutput:
     """Logits, and on request per-head statistics, query-row captures and head ablations.
 
     segment_ids_BxT: when given, attention is masked between packed documents (positions should then
@@ -65,6 +65,8 @@ class LM(nnx.Module):
     residual_sharding: a sharding of the [B, T, D] residual stream (the trainer's: batch over the data axes),
     imposed after the embedding and after every block; without it GSPMD may replicate activations across
     the fsdp axis to contract with fsdp-sharded weights (measured: 4x the per-device temp at 1B).
+    attention_impl: override model.attention_impl for this call (calls with query_pos_B or patterns always
+    use the exact attention: they read its weights).
     """
     cfg = self.cfg
     if capture_only and (query_pos_B is None or stats or extremes or patterns_BxPxTxS is not None):
@@ -73,7 +75,6 @@ class LM(nnx.Module):
     b, t = tokens_BxT.shape
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    mask_BxTxS = causal_mask(positions_BxT, segment_ids_BxT)
     constrain = lambda x: x if residual_sharding is None else jax.lax.with_sharding_constraint(x, residual_sharding)
     x_BxTxD = constrain(self.embed(tokens_BxT, jnp.dtype(cfg.dtype)))
     attn_aux, moe_aux, ext = [], [], []
@@ -83,13 +84,13 @@ class LM(nnx.Module):
           stats=stats, extremes=extremes, query_pos_B=query_pos_B, patterns_BxPxTxS=patterns_BxPxTxS,
           head_scale_H=None if head_scale_LxH is None else head_scale_LxH[i],
           head_replace_HxK=None if head_replace_LxHxK is None else head_replace_LxHxK[i],
-          replace_mask_H=None if replace_mask_LxH is None else replace_mask_LxH[i])
+          replace_mask_H=None if replace_mask_LxH is None else replace_mask_LxH[i], impl=attention_impl)
       if capture_only and i == cfg.n_layers - 1:  # every family's block opens with attn(ln1(x))
-        _, a_aux = block.attn(block.ln1(x_BxTxD), positions_BxT, mask_BxTxS,
+        _, a_aux = block.attn(block.ln1(x_BxTxD), positions_BxT, segment_ids_BxT,
                               dataclasses.replace(probe, query_rows_only=True))
         attn_aux.append(a_aux)
         break
-      call = lambda blk, x: blk(x, positions_BxT, mask_BxTxS, probe)  # called at once: this probe
+      call = lambda blk, x: blk(x, positions_BxT, segment_ids_BxT, probe)  # called at once: this probe
       if remat != "none":  # nnx.remat refuses bound methods: the block is an argument
         call = nnx.remat(call, policy=policy)
       x_BxTxD, a_aux, m_aux = call(block, x_BxTxD)

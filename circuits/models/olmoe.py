@@ -27,8 +27,8 @@ class Block(nnx.Module):
     self.attn = Attention(cfg, rngs=rngs)
     self.moe = MoE(cfg, rngs=rngs)
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, probe):
-    a_BxTxD, aux = self.attn(self.ln1(x_BxTxD), positions_BxT, mask_BxTxS, probe)
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, probe):
+    a_BxTxD, aux = self.attn(self.ln1(x_BxTxD), positions_BxT, segment_ids_BxT, probe)
     x_BxTxD = x_BxTxD + a_BxTxD
     m_BxTxD, moe_aux = self.moe(self.ln2(x_BxTxD))
     return x_BxTxD + m_BxTxD, aux, moe_aux

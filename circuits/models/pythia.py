@@ -26,8 +26,8 @@ class Block(nnx.Module):
     self.attn = Attention(cfg, rngs=rngs)
     self.mlp = L.GeluMLP(cfg.d_model, cfg.d_ff, std=cfg.init_std, rngs=rngs, dtype=cfg.param_dtype)
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, probe):
-    a_BxTxD, aux = self.attn(self.ln1(x_BxTxD), positions_BxT, mask_BxTxS, probe)
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, probe):
+    a_BxTxD, aux = self.attn(self.ln1(x_BxTxD), positions_BxT, segment_ids_BxT, probe)
     if self.parallel:
       return x_BxTxD + a_BxTxD + self.mlp(self.ln2(x_BxTxD)), aux, None
     x_BxTxD = x_BxTxD + a_BxTxD

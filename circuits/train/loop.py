@@ -115,6 +115,15 @@ def check_workdir(workdir: str) -> str:
   return workdir
 
 
+def _model_math(model: dict) -> dict:
+  """A model config without the fields that change how, not what, it computes (a resumed run may switch
+  attention_impl); fields added since the checkpoint take their defaults."""
+  from circuits.models.config import IMPL_FIELDS  # pylint: disable=import-outside-toplevel
+
+  d = ModelConfig.from_dict(model).to_dict()
+  return {k: v for k, v in d.items() if k not in IMPL_FIELDS}
+
+
 def _meta(cfg, model_cfg, step: int, n_skipped: int) -> dict:
   tps = int(cfg.train.batch_size) * int(cfg.data.seq_len)
   return dict(step=step, tokens_seen=step * tps, data_position=step, n_skipped=n_skipped, tokens_per_step=tps,
@@ -150,7 +159,7 @@ def train(config, workdir: str, *, source: data_lib.BatchSource | None = None, d
   start = mgr.latest_step() if mgr is not None else None
   if start is not None:
     state, meta = ckpt.restore(mgr, start, s.abstract_state)
-    if meta["config"]["model"] != json.loads(cfg.to_json())["model"]:
+    if _model_math(meta["config"]["model"]) != _model_math(json.loads(cfg.to_json())["model"]):
       raise config_lib.ConfigError(f"model: the checkpoint at step {start} in {workdir} was trained with another "
                                    "model config; use a fresh --workdir")
   else:
