@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
-from circuits.discovery.measure import as_probe, pad_rows
+from circuits.discovery.measure import as_probe, pad_rows, replicas
 
 NAN = float("nan")
 
@@ -67,23 +67,43 @@ def _chunks(probe: dict, chunk: int):
     yield pad_rows(tok[i:j], b), pad_rows(q[i:j], b), pad_rows(tgt[i:j], b), valid
 
 
-def mean_z(graphdef, state, probe: dict, chunk: int = 64) -> np.ndarray:
+def _spread(fn, states: list, devices: list, probe: dict, chunk: int, *args) -> list:
+  """fn(state, *chunk inputs, *args) on every chunk of the probe, chunk i on device i mod G (its inputs and
+  the model's replica there; calls are dispatched before any result is read), host results in chunk order.
+  Each chunk's numbers do not depend on the device, so sums taken in chunk order equal the one-device ones."""
+  outs = []
+  for i, xs in enumerate(_chunks(probe, chunk)):
+    g = i % len(devices)
+    xs = xs if len(devices) == 1 else jax.device_put(xs, devices[g])
+    outs.append((fn(states[g], *xs, *args), float(xs[-1].sum())))
+  return [(jax.device_get(o), n) for o, n in outs]
+
+
+def mean_z(graphdef, state, probe: dict, chunk: int = 64, devices=None, states=None) -> np.ndarray:
   """[L, H, K] mean over the probe's examples of each head's z at the query."""
+  devices = devices or [None]
+  states = states or [state]
+  fn = lambda st, tok, q, _, valid: _z_chunk(graphdef, st, tok, q, valid)
   acc, n = None, 0
-  for tok, q, _, valid in _chunks(probe, chunk):
-    s = np.asarray(_z_chunk(graphdef, state, tok, q, valid))
+  for s, m in _spread(fn, states, devices, probe, chunk):
+    s = np.asarray(s)
     acc = s if acc is None else acc + s
-    n += int(valid.sum())
+    n += int(m)
   return acc / n
 
 
-def evaluate(graphdef, state, probe: dict, scale_LxH, replace_LxHxK, mask_LxH, chunk: int = 64) -> dict:
-  """Mean top1, top5, loss, target_logit at the query under one ablation."""
+def evaluate(graphdef, state, probe: dict, scale_LxH, replace_LxHxK, mask_LxH, chunk: int = 64, devices=None,
+             states=None) -> dict:
+  """Mean top1, top5, loss, target_logit at the query under one ablation. devices/states: spread the chunks
+  over these devices, holding these replicas of `state` (measure.replicas); default one device."""
+  devices = devices or [None]
+  states = states or [state]
+  fn = lambda st, tok, q, tgt, valid: _eval_chunk(graphdef, st, tok, q, tgt, valid, scale_LxH, replace_LxHxK,
+                                                  mask_LxH)
   acc, n = None, 0
-  for tok, q, tgt, valid in _chunks(probe, chunk):
-    s = jax.device_get(_eval_chunk(graphdef, state, tok, q, tgt, valid, scale_LxH, replace_LxHxK, mask_LxH))
+  for s, m in _spread(fn, states, devices, probe, chunk):
     acc = s if acc is None else {k: acc[k] + s[k] for k in acc}
-    n += int(valid.sum())
+    n += int(m)
   return {k: float(v) / n for k, v in acc.items()}
 
 
@@ -117,15 +137,19 @@ def _fmt(heads) -> str:
 
 def ablate_revision(model, probes: dict, sel_induction_LxH, *, revision: str, step: int, tokens: float,
                     threshold: float = 50.0, n_seeds: int = 20, seed: int = 0, chunk: int = 64,
-                    n_examples: int | None = None, z_means: dict | None = None) -> pd.DataFrame:
+                    n_examples: int | None = None, z_means: dict | None = None, devices=None) -> pd.DataFrame:
   """Ablation rows of one revision on each probe ({name: ProbeBatch or dict}).
 
   z_means: optional {probe name: [L, H, K]} means of z at the query (computed when missing).
   Random controls use seeds seed .. seed + n_seeds - 1 (the same heads for zero and mean ablation).
+  devices: None (one device) or a list of local devices to spread each pass's chunks over (the same numbers).
   """
   if n_seeds < 1:
     raise ValueError("n_seeds must be >= 1 (the methods ask for >= 20)")
   graphdef, state = nnx.split(model)
+  devices = list(devices) if devices else [None]
+  states = [state] if len(devices) == 1 else replicas(state, devices)
+  spread = dict(devices=devices, states=states)
   sel = np.asarray(sel_induction_LxH)
   l, h = sel.shape
   circuit, source = select_circuit(sel, threshold)
@@ -137,11 +161,11 @@ def ablate_revision(model, probes: dict, sel_induction_LxH, *, revision: str, st
   for pname, p in probes.items():
     pd_ = as_probe(p, n_examples, keys=("tokens_NxT", "query_pos_N", "target_N"))
     zm = (z_means or {}).get(pname)
-    zm = mean_z(graphdef, state, pd_, chunk) if zm is None else np.asarray(zm, np.float32)
+    zm = mean_z(graphdef, state, pd_, chunk, **spread) if zm is None else np.asarray(zm, np.float32)
     base = dict(revision=str(revision), step=int(step), tokens=float(tokens), probe=pname,
                 circuit_heads=_fmt(circuit), circuit_source=source, n_examples=len(pd_["target_N"]))
     rows.append({**base, "condition": "clean", "seed": NAN, "ablated_heads": "", "n_ablated": 0,
-                 **evaluate(graphdef, state, pd_, ones, zm, zeros_mask, chunk)})
+                 **evaluate(graphdef, state, pd_, ones, zm, zeros_mask, chunk, **spread)})
     for name, sd, heads in sets:
       m = np.zeros((l, h), bool)
       for x, y in heads:
@@ -150,7 +174,7 @@ def ablate_revision(model, probes: dict, sel_induction_LxH, *, revision: str, st
         scale = np.where(m, 0.0, 1.0).astype(np.float32) if kind == "zero" else ones
         mask = m if kind == "mean" else zeros_mask
         rows.append({**base, "condition": f"{name}_{kind}", "seed": sd, "ablated_heads": _fmt(heads),
-                     "n_ablated": len(heads), **evaluate(graphdef, state, pd_, scale, zm, mask, chunk)})
+                     "n_ablated": len(heads), **evaluate(graphdef, state, pd_, scale, zm, mask, chunk, **spread)})
   cols = ["revision", "step", "tokens", "probe", "condition", "seed", "top1", "top5", "loss", "target_logit",
           "n_ablated", "ablated_heads", "circuit_heads", "circuit_source", "n_examples"]
   df = pd.DataFrame(rows)[cols]

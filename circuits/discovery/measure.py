@@ -61,6 +61,30 @@ class MeasureConfig:
   gu_k: int = 0
   gu_eps: float = 0.3
   keep_rows: bool = False
+  devices: Optional[int] = None  # local devices the main pass and the ablations spread over (None: all)
+
+
+def probe_devices(n: Optional[int] = None) -> list:
+  """The first n of this process's devices (all when None), that a revision's probe chunks are spread over.
+  With one device everything runs as a single jitted call there; see capture and circuits.discovery.ablate."""
+  devs = jax.local_devices()
+  if n is not None and not 1 <= n <= len(devs):
+    raise ValueError(f"devices={n}: this process has {len(devs)} local device(s); give 1..{len(devs)} or None")
+  return devs if n is None else devs[:n]
+
+
+def replicas(state, devices: list) -> list:
+  """The model state on each device (one copy per device; the first is `state` itself with one device)."""
+  return [state] if len(devices) == 1 else [jax.device_put(state, d) for d in devices]
+
+
+def add_in_order(parts: list):
+  """Sum of a list of pytrees of fp32 arrays, left to right (parts[0] + parts[1] + ...), on the host: the
+  order in which a single device's loop over the same chunks adds them up, so the total is the same bits."""
+  total = parts[0]
+  for p in parts[1:]:
+    total = jax.tree.map(np.add, total, p)
+  return total
 
 
 def default_chunk() -> int:
@@ -83,21 +107,28 @@ def pad_rows(x, b: int):
   return np.concatenate([x, np.repeat(x[:1], b - n, axis=0)], axis=0)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _capture_scan(graphdef, keep_rows: bool, state, tokens_CxBxT, qpos_CxB, valid_CxB, ab_CxB, base_P,
-                  null_CxBxD):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _capture_scan(graphdef, keep_rows: bool, per_chunk: bool, state, tokens_CxBxT, qpos_CxB, valid_CxB, ab_CxB,
+                  base_P, null_CxBxD):
   """The whole main pass in one call: a scan over C chunks of B examples. Returns diagnostics.selectivity_sums
   over the valid examples (class, baseline and null masses), z [C, B, L, H, K] and, with keep_rows, the
-  rows [C, B, L, H, S]. Each chunk runs the model with capture_only (the last layer at the query rows)."""
+  rows [C, B, L, H, S]. Each chunk runs the model with capture_only (the last layer at the query rows).
+  per_chunk: return each chunk's sums ([C, ...], for the caller to add up in chunk order) instead of their
+  running total (the carry of the scan)."""
   model = nnx.merge(graphdef, state)
 
   def chunk(acc, xs):
     tokens_BxT, qpos_B, valid_B, ab_B, null_BxD = xs
     out = model(tokens_BxT, query_pos_B=qpos_B, capture_only=True)
     rows = out.rows_BxLxHxS.astype(jnp.float32) * valid_B[:, None, None, None]
-    acc = jax.tree.map(jnp.add, acc, D.selectivity_sums(rows, ab_B, base_P, null_BxD))
+    sums = D.selectivity_sums(rows, ab_B, base_P, null_BxD)
+    if per_chunk:
+      return acc, (sums, out.z_BxLxHxK, out.rows_BxLxHxS if keep_rows else None)
+    acc = jax.tree.map(jnp.add, acc, sums)
     return acc, (out.z_BxLxHxK, out.rows_BxLxHxS if keep_rows else None)
 
+  if per_chunk:
+    return jax.lax.scan(chunk, (), (tokens_CxBxT, qpos_CxB, valid_CxB, ab_CxB, null_CxBxD))[1]
   b, t = tokens_CxBxT.shape[1:]
   rows0 = jax.ShapeDtypeStruct((b, len(model.blocks), model.cfg.n_heads, t), jnp.float32)
   acc0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
@@ -169,10 +200,26 @@ def capture(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig(), baseli
   null_NxD = null_positions(ab, t, cfg.null_draws, cfg.null_seed)
   b = min(default_chunk() if cfg.main_chunk is None else cfg.main_chunk, n)
   c = -(-n // b)
+  devices = probe_devices(cfg.devices)[:c]
   valid = (np.arange(c * b) < n).astype(np.float32)
-  as_chunks = lambda x: jnp.asarray(pad_rows(x, c * b).reshape((c, b) + x.shape[1:]))
-  sums, (z, rows) = _capture_scan(graphdef, cfg.keep_rows, state, as_chunks(tok), as_chunks(qpos),
-                                  as_chunks(valid), as_chunks(ab.astype(np.int32)), base_P, as_chunks(null_NxD))
+  as_chunks = lambda x: pad_rows(x, c * b).reshape((c, b) + x.shape[1:])
+  args = [as_chunks(x) for x in (tok, qpos, valid, ab.astype(np.int32))]
+  if len(devices) == 1:
+    sums, (z, rows) = _capture_scan(graphdef, cfg.keep_rows, False, state, *map(jnp.asarray, args), base_P,
+                                    jnp.asarray(as_chunks(null_NxD)))
+  else:
+    # Spread: device g scans its own contiguous block of chunks and returns each chunk's sums; the host adds
+    # them up in chunk order, exactly as the one-device scan does (same fp32 additions, same order).
+    args.append(as_chunks(null_NxD))
+    bounds = np.linspace(0, c, len(devices) + 1).round().astype(int)
+    outs = [_capture_scan(graphdef, cfg.keep_rows, True, st,
+                          *(jax.device_put(x[lo:hi], d) for x in args[:4]), jax.device_put(base_P, d),
+                          jax.device_put(args[4][lo:hi], d))
+            for d, st, lo, hi in zip(devices, replicas(state, devices), bounds[:-1], bounds[1:])]
+    per = jax.device_get([o[0] for o in outs])
+    sums = add_in_order([jax.tree.map(lambda x, i=i: x[i], p) for p in per for i in range(len(jax.tree.leaves(p)[0]))])
+    z = np.concatenate([np.asarray(o[1]) for o in outs])
+    rows = np.concatenate([np.asarray(o[2]) for o in outs]) if cfg.keep_rows else None
   flat = lambda x: np.asarray(x).reshape((c * b,) + x.shape[2:])[:n]
   out = {"sums": jax.device_get(sums), "n": n, "seq_len": t, "z_NxLxHxK": flat(z)}
   if cfg.keep_rows:
