@@ -126,7 +126,7 @@ class SweepError(CircuitsError, RuntimeError):
 
 def _disk_full(e: BaseException) -> bool:
   while e is not None:
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
       return True
     e = e.__cause__ or e.__context__
   return False
