@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
-from circuits.discovery.measure import as_probe, pad_rows, replicas
+from circuits.discovery.measure import as_probe, chunk_mesh, pad_rows, replicate
 
 NAN = float("nan")
 
@@ -67,41 +67,65 @@ def _chunks(probe: dict, chunk: int):
     yield pad_rows(tok[i:j], b), pad_rows(q[i:j], b), pad_rows(tgt[i:j], b), valid
 
 
-def _spread(fn, states: list, devices: list, probe: dict, chunk: int, *args) -> list:
-  """fn(state, *chunk inputs, *args) on every chunk of the probe, chunk i on device i mod G (its inputs and
-  the model's replica there; calls are dispatched before any result is read), host results in chunk order.
-  Each chunk's numbers do not depend on the device, so sums taken in chunk order equal the one-device ones."""
-  outs = []
-  for i, xs in enumerate(_chunks(probe, chunk)):
-    g = i % len(devices)
-    xs = xs if len(devices) == 1 else jax.device_put(xs, devices[g])
-    outs.append((fn(states[g], *xs, *args), float(xs[-1].sum())))
-  return [(jax.device_get(o), n) for o, n in outs]
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _spread_chunks(fn, graphdef, mesh, state, tokens_GxBxT, qpos_GxB, target_GxB, valid_GxB, *args):
+  """fn(graphdef, state, one chunk's inputs, *args) for G chunks at once, chunk g on device g of `mesh` (one
+  program, one compile); outputs stacked [G, ...] in chunk order."""
+  from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
+
+  def local(st, tok, q, tgt, valid, *a):
+    return jax.tree.map(lambda x: x[None], fn(graphdef, st, tok[0], q[0], tgt[0], valid[0], *a))
+
+  g = P("chunks")
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), g, g, g, g) + (P(),) * len(args), out_specs=g,
+                       check_vma=False)(state, tokens_GxBxT, qpos_GxB, target_GxB, valid_GxB, *args)
 
 
-def mean_z(graphdef, state, probe: dict, chunk: int = 64, devices=None, states=None) -> np.ndarray:
-  """[L, H, K] mean over the probe's examples of each head's z at the query."""
-  devices = devices or [None]
-  states = states or [state]
-  fn = lambda st, tok, q, _, valid: _z_chunk(graphdef, st, tok, q, valid)
+def _over_chunks(fn, graphdef, state, probe: dict, chunk: int, mesh, *args) -> list:
+  """[(fn's host result, valid examples)] of every chunk of the probe, in chunk order. With a mesh of G
+  devices (and `state` replicated on it), G chunks run at once, one per device; every call is dispatched
+  before any result is read. Each chunk's numbers are computed by the same program whatever device runs it,
+  so sums taken over this list in order equal the one-device sums."""
+  chunks = list(_chunks(probe, chunk))
+  if mesh is None:
+    outs = [(fn(graphdef, state, *xs, *args), xs[-1]) for xs in chunks]
+    return [(jax.device_get(o), float(v.sum())) for o, v in outs]
+  g = mesh.devices.size
+  empty = tuple(np.zeros_like(x) for x in chunks[0])  # fills the last group; never read
+  groups = []
+  for i in range(0, len(chunks), g):
+    part = chunks[i:i + g]
+    stacked = [np.stack(x) for x in zip(*(part + [empty] * (g - len(part))))]
+    groups.append((_spread_chunks(fn, graphdef, mesh, state, *stacked, *args), part))
+  res = []
+  for out, part in groups:
+    out = jax.device_get(out)
+    res += [(jax.tree.map(lambda x, j=j: x[j], out), float(xs[-1].sum())) for j, xs in enumerate(part)]
+  return res
+
+
+def _z_sums(graphdef, state, tokens_BxT, qpos_B, target_B, valid_B):
+  del target_B
+  return _z_chunk(graphdef, state, tokens_BxT, qpos_B, valid_B)
+
+
+def mean_z(graphdef, state, probe: dict, chunk: int = 64, mesh=None) -> np.ndarray:
+  """[L, H, K] mean over the probe's examples of each head's z at the query. mesh: spread the chunks over
+  its devices (`state` replicated there: measure.replicate)."""
   acc, n = None, 0
-  for s, m in _spread(fn, states, devices, probe, chunk):
+  for s, m in _over_chunks(_z_sums, graphdef, state, probe, chunk, mesh):
     s = np.asarray(s)
     acc = s if acc is None else acc + s
     n += int(m)
   return acc / n
 
 
-def evaluate(graphdef, state, probe: dict, scale_LxH, replace_LxHxK, mask_LxH, chunk: int = 64, devices=None,
-             states=None) -> dict:
-  """Mean top1, top5, loss, target_logit at the query under one ablation. devices/states: spread the chunks
-  over these devices, holding these replicas of `state` (measure.replicas); default one device."""
-  devices = devices or [None]
-  states = states or [state]
-  fn = lambda st, tok, q, tgt, valid: _eval_chunk(graphdef, st, tok, q, tgt, valid, scale_LxH, replace_LxHxK,
-                                                  mask_LxH)
+def evaluate(graphdef, state, probe: dict, scale_LxH, replace_LxHxK, mask_LxH, chunk: int = 64, mesh=None) -> dict:
+  """Mean top1, top5, loss, target_logit at the query under one ablation. mesh: spread the chunks over its
+  devices (`state` replicated there: measure.replicate); the same numbers as one device."""
   acc, n = None, 0
-  for s, m in _spread(fn, states, devices, probe, chunk):
+  for s, m in _over_chunks(_eval_chunk, graphdef, state, probe, chunk, mesh, jnp.asarray(scale_LxH),
+                           jnp.asarray(replace_LxHxK), jnp.asarray(mask_LxH)):
     acc = s if acc is None else {k: acc[k] + s[k] for k in acc}
     n += int(m)
   return {k: float(v) / n for k, v in acc.items()}
@@ -147,9 +171,9 @@ def ablate_revision(model, probes: dict, sel_induction_LxH, *, revision: str, st
   if n_seeds < 1:
     raise ValueError("n_seeds must be >= 1 (the methods ask for >= 20)")
   graphdef, state = nnx.split(model)
-  devices = list(devices) if devices else [None]
-  states = [state] if len(devices) == 1 else replicas(state, devices)
-  spread = dict(devices=devices, states=states)
+  mesh = chunk_mesh(list(devices)) if devices and len(devices) > 1 else None
+  state = state if mesh is None else replicate(state, mesh)
+  spread = dict(mesh=mesh)
   sel = np.asarray(sel_induction_LxH)
   l, h = sel.shape
   circuit, source = select_circuit(sel, threshold)

@@ -73,9 +73,16 @@ def probe_devices(n: Optional[int] = None) -> list:
   return devs if n is None else devs[:n]
 
 
-def replicas(state, devices: list) -> list:
-  """The model state on each device (one copy per device; the first is `state` itself with one device)."""
-  return [state] if len(devices) == 1 else [jax.device_put(state, d) for d in devices]
+def chunk_mesh(devices: list):
+  """A 1-axis mesh ("chunks") over `devices`, along which probe chunks are spread (one or more per device)."""
+  from jax.sharding import Mesh  # pylint: disable=import-outside-toplevel
+  return Mesh(np.array(devices), ("chunks",))
+
+
+def replicate(state, mesh):
+  """The model state placed once on every device of the mesh (each device holds a full copy)."""
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
+  return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
 
 def add_in_order(parts: list):
@@ -134,6 +141,18 @@ def _capture_scan(graphdef, keep_rows: bool, per_chunk: bool, state, tokens_CxBx
   acc0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
                       jax.eval_shape(D.selectivity_sums, rows0, ab_CxB[0], base_P, null_CxBxD[0]))
   return jax.lax.scan(chunk, acc0, (tokens_CxBxT, qpos_CxB, valid_CxB, ab_CxB, null_CxBxD))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _capture_spread(graphdef, keep_rows: bool, mesh, state, tokens_CxBxT, qpos_CxB, valid_CxB, ab_CxB, base_P,
+                    null_CxBxD):
+  """_capture_scan(per_chunk=True) on every device of `mesh` at once (one program, one compile): device g scans
+  its contiguous block of C / G chunks; returns every chunk's sums [C, ...], z and rows in chunk order."""
+  from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  body = lambda st, *xs: _capture_scan(graphdef, keep_rows, True, st, *xs)
+  c = P("chunks")
+  return jax.shard_map(body, mesh=mesh, in_specs=(P(), c, c, c, c, P(), c), out_specs=c, check_vma=False)(
+      state, tokens_CxBxT, qpos_CxB, valid_CxB, ab_CxB, base_P, null_CxBxD)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
@@ -200,27 +219,25 @@ def capture(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig(), baseli
   null_NxD = null_positions(ab, t, cfg.null_draws, cfg.null_seed)
   b = min(default_chunk() if cfg.main_chunk is None else cfg.main_chunk, n)
   c = -(-n // b)
-  devices = probe_devices(cfg.devices)[:c]
-  valid = (np.arange(c * b) < n).astype(np.float32)
-  as_chunks = lambda x: pad_rows(x, c * b).reshape((c, b) + x.shape[1:])
-  args = [as_chunks(x) for x in (tok, qpos, valid, ab.astype(np.int32))]
-  if len(devices) == 1:
-    sums, (z, rows) = _capture_scan(graphdef, cfg.keep_rows, False, state, *map(jnp.asarray, args), base_P,
-                                    jnp.asarray(as_chunks(null_NxD)))
+  # at least 2 chunks per device: XLA removes a scan of length 1 (a loop of one trip) and fuses its body
+  # differently (float32 results then differ in the last bit for some models), so every device keeps a loop
+  devices = probe_devices(cfg.devices)[:max(1, c // 2)]
+  g = len(devices)
+  c_pad = -(-c // g) * g  # whole blocks of chunks per device; padded chunks hold no valid example
+  valid = (np.arange(c_pad * b) < n).astype(np.float32)
+  as_chunks = lambda x: jnp.asarray(pad_rows(x, c_pad * b).reshape((c_pad, b) + x.shape[1:]))
+  args = (as_chunks(tok), as_chunks(qpos), as_chunks(valid), as_chunks(ab.astype(np.int32)), base_P,
+          as_chunks(null_NxD))
+  if g == 1:
+    sums, (z, rows) = _capture_scan(graphdef, cfg.keep_rows, False, state, *args)
   else:
-    # Spread: device g scans its own contiguous block of chunks and returns each chunk's sums; the host adds
-    # them up in chunk order, exactly as the one-device scan does (same fp32 additions, same order).
-    args.append(as_chunks(null_NxD))
-    bounds = np.linspace(0, c, len(devices) + 1).round().astype(int)
-    outs = [_capture_scan(graphdef, cfg.keep_rows, True, st,
-                          *(jax.device_put(x[lo:hi], d) for x in args[:4]), jax.device_put(base_P, d),
-                          jax.device_put(args[4][lo:hi], d))
-            for d, st, lo, hi in zip(devices, replicas(state, devices), bounds[:-1], bounds[1:])]
-    per = jax.device_get([o[0] for o in outs])
-    sums = add_in_order([jax.tree.map(lambda x, i=i: x[i], p) for p in per for i in range(len(jax.tree.leaves(p)[0]))])
-    z = np.concatenate([np.asarray(o[1]) for o in outs])
-    rows = np.concatenate([np.asarray(o[2]) for o in outs]) if cfg.keep_rows else None
-  flat = lambda x: np.asarray(x).reshape((c * b,) + x.shape[2:])[:n]
+    # Spread: each device scans its own block of chunks and returns each chunk's sums; the host adds them up
+    # in chunk order, as the one-device scan does (the same fp32 additions in the same order).
+    mesh = chunk_mesh(devices)
+    per, z, rows = _capture_spread(graphdef, cfg.keep_rows, mesh, replicate(state, mesh), *args)
+    per = jax.device_get(per)
+    sums = add_in_order([jax.tree.map(lambda x, i=i: x[i], per) for i in range(c)])
+  flat = lambda x: np.asarray(x).reshape((c_pad * b,) + x.shape[2:])[:n]
   out = {"sums": jax.device_get(sums), "n": n, "seq_len": t, "z_NxLxHxK": flat(z)}
   if cfg.keep_rows:
     out["rows_NxLxHxS"] = flat(rows)
