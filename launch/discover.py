@@ -100,7 +100,9 @@ def main(argv):
   if not res["paths"]:  # a process other than 0 of a distributed sweep
     print(f"measured {len(res['done'])} revision(s) of this process's share; process 0 writes the combined files")
     return
-  print(f"measured {len(res['done'])} revision(s), {len(revs) - len(res['done'])} already done"
+  others = len(revs) - len(res["done"]) - len(res["skipped"])
+  print(f"measured {len(res['done'])} revision(s), {len(res['skipped'])} already done"
+        + (f", {others} by the other processes" if others else "")
         + (f" (models: {', '.join(res['models'])})" if res.get("models") else "") + "; "
         + ", ".join(f"{k}: {v}" for k, v in res["paths"].items()))
 

@@ -161,7 +161,7 @@ def test_discover_two_processes_match_one(tmp_path):
   assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
   for p, o in zip(procs, outs):
     assert p.returncode == 0, o[-3000:]
-  assert "measured 2 revision(s), 2 already done (models: olmoe-L2-H4-D32-V80-E4, pythia-L2-H4-D32-V96)" in outs[0]
+  assert "measured 2 revision(s), 0 already done, 2 by the other processes (models: olmoe-L2-H4-D32-V80-E4, pythia-L2-H4-D32-V96)" in outs[0]
   assert "measured 2 revision(s) of this process's share; process 0 writes the combined files" in outs[1]
   two, ref = _sweep_bytes(tmp_path / "two"), _sweep_bytes(tmp_path / "one")
   assert len(ref) == 2 * 4 + 2 and two == ref
