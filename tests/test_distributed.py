@@ -127,8 +127,8 @@ def _sweep_bytes(out: Path) -> dict:
 
 def test_discover_eight_devices_match_one(tmp_path):
   """8 fake CPU devices: each revision's probe chunks spread over them (the main pass: 16 chunks of 2, two per
-  device; the ablations: groups of 8 chunks of 8, the last padded) give byte-identical files to one device: every chunk's
-  numbers come from the same per-chunk program and the host adds the chunks up in chunk order."""
+  device; the ablations: groups of 8 chunks of 8, the last padded) give byte-identical files to one device:
+  every chunk's numbers come from the same per-chunk program and the host adds them up in chunk order."""
   from tests.test_discover import _mixed_list
   _mixed_list(tmp_path)
   r = subprocess.run([sys.executable, "-c", EIGHT_DEVICES, str(tmp_path)], cwd=ROOT, env=_sweep_env(8),
@@ -148,11 +148,11 @@ def test_discover_two_processes_match_one(tmp_path):
   router reference of its OLMoE revision itself."""
   from tests.test_discover import _mixed_list
   lst = _mixed_list(tmp_path)
-  cmd = [sys.executable, "-m", "launch.discover", f"--hf_revisions={lst}", f"--n={16}", "--seq_len=32", "--chunk=8",
+  cmd = [sys.executable, "-m", "launch.discover", f"--hf_revisions={lst}", "--n=16", "--seq_len=32", "--chunk=8",
          "--n_detect=2", "--n_seeds=2", "--noanalyze", "--noprogress"]
   port = _free_port()
-  procs = [subprocess.Popen(cmd + [f"--out={tmp_path / 'two'}", "--distributed", f"--coordinator_address=localhost:{port}",
-                                   "--num_processes=2", f"--process_id={i}"],
+  dist = ["--distributed", f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+  procs = [subprocess.Popen(cmd + [f"--out={tmp_path / 'two'}", *dist, f"--process_id={i}"],
                             cwd=ROOT, env=_sweep_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
            for i in range(2)]
   one = subprocess.run(cmd + [f"--out={tmp_path / 'one'}"], cwd=ROOT, env=_sweep_env(1), capture_output=True,
@@ -161,7 +161,8 @@ def test_discover_two_processes_match_one(tmp_path):
   assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
   for p, o in zip(procs, outs):
     assert p.returncode == 0, o[-3000:]
-  assert "measured 2 revision(s), 0 already done, 2 by the other processes (models: olmoe-L2-H4-D32-V80-E4, pythia-L2-H4-D32-V96)" in outs[0]
+  assert ("measured 2 revision(s), 0 already done, 2 by the other processes (models: olmoe-L2-H4-D32-V80-E4, "
+          "pythia-L2-H4-D32-V96)") in outs[0]
   assert "measured 2 revision(s) of this process's share; process 0 writes the combined files" in outs[1]
   two, ref = _sweep_bytes(tmp_path / "two"), _sweep_bytes(tmp_path / "one")
   assert len(ref) == 2 * 4 + 2 and two == ref
