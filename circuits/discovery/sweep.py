@@ -158,7 +158,9 @@ def sweep(revs: Sequence, out, *, probe=None, natural=None, cfg: SweepConfig = S
 
   Processes: with jax.distributed initialized (or process_index / process_count given), process p measures
   positions p, p + P, ... of the canonical order (model, tokens, name); after a barrier process 0 writes the
-  combined files. `out` must be one folder that every process sees (a shared file system).
+  combined files. `out` must be one folder that every process sees (a shared file system). Given explicitly
+  without jax.distributed (no barrier), process 0 writes the combined files only if every revision is done
+  (else SweepError); `finish(out)` writes them later.
 
   A revision that fails (load or measurement) is reported and the others go on (a full disk stops at
   once); then SweepError names every failure, finished revisions keep their files, and the combined
