@@ -117,11 +117,20 @@ def corrupt_error(e: Exception, step: int, where: str) -> Optional[CheckpointCor
 
 # ----- reading a run -----
 
-def _reader(workdir):
-  """A read-only CheckpointManager of the run's checkpoints (close it)."""
+def _this_process():
+  """Orbax options for reads by this process alone (no barrier with the others: in a multi-process discovery
+  sweep each process restores its own revisions)."""
+  import jax  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_names=ITEMS)
+  me = jax.process_index()
+  return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+
+
+def _reader(workdir):
+  """A read-only CheckpointManager of the run's checkpoints (close it), read by this process alone."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=ocp.CheckpointManagerOptions(
+      read_only=True, multiprocessing_options=_this_process()), item_names=ITEMS)
 
 
 def _meta(mgr, step: int) -> dict:
@@ -158,7 +167,8 @@ def restore_params(workdir, step: Optional[int] = None) -> tuple[dict, dict]:
     mgr.close()
   path = os.path.join(checkpoint_dir(workdir), str(step), "state")
   where = checkpoint_dir(workdir)
-  with ocp.PyTreeCheckpointer() as ckptr:
+  mp = _this_process()
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=mp), multiprocessing_options=mp) as ckptr:
     tree = ckptr.metadata(path).item_metadata.tree
     cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), tree["params"])}

@@ -14,6 +14,13 @@ from Pythia `step{N}` and OLMo `step{N}-tokens{X}B` names). A killed sweep resum
 --probe / --natural: optional .npz files with tokens_NxT, query_pos_N, target_N, ab_N (the natural-text
 batch enables the ICL score and the natural-text ablations). Everything is importable:
 circuits.discovery.sweep(revs, out, ...).
+
+Spreading: each revision's probe chunks go over this process's local devices (--devices, default all).
+Several processes (hosts of a TPU pod, SLURM nodes, or N processes on one machine): `--distributed` calls
+jax.distributed.initialize (coordinator/num_processes/process_id from the flags, else JAX_COORDINATOR_ADDRESS
+/ JAX_NUM_PROCESSES / JAX_PROCESS_ID, else auto-detection) before anything touches a device; process p
+measures revisions p, p + P, ... of the canonical order and process 0 writes the combined table and report
+(--out must be a folder every process sees). launch/tpu_pod.sh and launch/slurm_gpu.sh --mode discover start it.
 """
 from __future__ import annotations
 
@@ -45,6 +52,12 @@ flags.DEFINE_integer("ablation_examples", None, "first n probe examples used by 
 flags.DEFINE_bool("ablations", True, "run the causal checks at every revision")
 flags.DEFINE_bool("analyze", True, "write summary.json and report.html at the end")
 flags.DEFINE_bool("progress", True, "progress bar over the revisions (stderr)")
+flags.DEFINE_integer("devices", None, "local devices each revision's probe chunks are spread over (default all)")
+flags.DEFINE_bool("distributed", False, "multi-process sweep: call jax.distributed.initialize() first; process p "
+                  "measures revisions p, p+P, ...; process 0 writes the combined table")
+flags.DEFINE_string("coordinator_address", None, "with --distributed: host:port of process 0")
+flags.DEFINE_integer("num_processes", None, "with --distributed: number of processes")
+flags.DEFINE_integer("process_id", None, "with --distributed: this process's index")
 
 
 def main(argv):
@@ -60,6 +73,9 @@ def main(argv):
                            + ("; give the --workdir of a `python -m launch.train` run" if flag == "run" else ""))
   if FLAGS.dry_run and not FLAGS.hf_repo:
     raise app.UsageError("--dry_run lists what --hf_repo would fetch; give --hf_repo")
+  if FLAGS.distributed and not FLAGS.dry_run:
+    from circuits.study import distributed
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from circuits.data.probes import load_npz
   from circuits.discovery import measure, revisions, sweep
   if FLAGS.hf_repo:
@@ -74,13 +90,20 @@ def main(argv):
   else:
     revs = revisions.from_list(FLAGS.hf_revisions,
                                loader=lambda p: revisions.load_checkpoint_dir(p, dtype=FLAGS.dtype))
-  cfg = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=FLAGS.chunk, n_detect=FLAGS.n_detect),
+  cfg = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=FLAGS.chunk, n_detect=FLAGS.n_detect,
+                                                        devices=FLAGS.devices),
                           ablations=FLAGS.ablations, induction_threshold=FLAGS.induction_threshold,
                           n_seeds=FLAGS.n_seeds, ablation_examples=FLAGS.ablation_examples, analyze=FLAGS.analyze)
   probe, natural = (load_npz(FLAGS[f].value) if FLAGS[f].value else None for f in ("probe", "natural"))
   res = sweep.sweep(revs, FLAGS.out, probe=probe, natural=natural, cfg=cfg, n=FLAGS.n, seq_len=FLAGS.seq_len,
                     progress=FLAGS.progress)
-  print(f"measured {len(res['done'])} revision(s), {len(revs) - len(res['done'])} already done; "
+  if not res["paths"]:  # a process other than 0 of a distributed sweep
+    print(f"measured {len(res['done'])} revision(s) of this process's share; process 0 writes the combined files")
+    return
+  others = len(revs) - len(res["done"]) - len(res["skipped"])
+  print(f"measured {len(res['done'])} revision(s), {len(res['skipped'])} already done"
+        + (f", {others} by the other processes" if others else "")
+        + (f" (models: {', '.join(res['models'])})" if res.get("models") else "") + "; "
         + ", ".join(f"{k}: {v}" for k, v in res["paths"].items()))
 
 

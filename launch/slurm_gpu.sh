@@ -8,10 +8,18 @@
 # `python -m launch.train --config <config>:<family> --workdir <workdir> --distributed` on every node;
 # jax.distributed.initialize() reads the SLURM environment. --dry-run prints the script and the sbatch
 # command instead of writing and submitting. Run from the repository root (with .venv installed).
+#
+#   launch/slurm_gpu.sh --mode discover --hf_repo EleutherAI/pythia-1b [--revisions paper] --out /shared/disc/pythia \
+#       --nodes 2 --gpus-per-node 8 [--partition gpu] [--time 12:00:00] [--dry-run] [-- extra launch.discover flags]
+#   (or --run W / --hf_revisions FILE instead of --hf_repo)
+# Discovery sweep: <out>/slurm/discover.sbatch runs `python -m launch.discover ... --out <out> --distributed`
+# on every node; node p measures revisions p, p+P, ..., each revision's probe chunks spread over the node's
+# GPUs, and node 0 writes the combined table and report (<out> on a file system every node sees).
 set -euo pipefail
 
 FAMILY="" WORKDIR="" NODES=1 GPUS=8 CONFIG="configs/study_1b.py" PARTITION="" TIME="48:00:00" DRY=0 EXTRA=()
-usage() { sed -n '2,11p' "$0"; exit "${1:-2}"; }
+MODE="train" HF_REPO="" REVISIONS="paper" RUN="" HF_REVISIONS="" OUT=""
+usage() { sed -n '2,17p' "$0"; exit "${1:-2}"; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --family) FAMILY="$2"; shift 2;;
@@ -21,19 +29,39 @@ while [[ $# -gt 0 ]]; do
     --config) CONFIG="$2"; shift 2;;
     --partition) PARTITION="$2"; shift 2;;
     --time) TIME="$2"; shift 2;;
+    --mode) MODE="$2"; shift 2;;
+    --hf_repo) HF_REPO="$2"; shift 2;;
+    --revisions) REVISIONS="$2"; shift 2;;
+    --run) RUN="$2"; shift 2;;
+    --hf_revisions) HF_REVISIONS="$2"; shift 2;;
+    --out) OUT="$2"; shift 2;;
     --dry-run) DRY=1; shift;;
     -h|--help) usage 0;;
     --) shift; EXTRA=("$@"); break;;
     *) echo "slurm_gpu.sh: unknown argument $1" >&2; usage;;
   esac
 done
-[[ -n "$FAMILY" && -n "$WORKDIR" ]] || { echo "slurm_gpu.sh: --family and --workdir are required" >&2; usage; }
-case "$FAMILY" in pythia|olmo|olmoe) ;; *) echo "slurm_gpu.sh: --family must be pythia, olmo or olmoe" >&2; exit 2;; esac
-
-TRAIN=".venv/bin/python -m launch.train --config $CONFIG:$FAMILY --workdir $WORKDIR --distributed"
+if [[ $MODE == train ]]; then
+  [[ -n "$FAMILY" && -n "$WORKDIR" ]] || { echo "slurm_gpu.sh: --family and --workdir are required" >&2; usage; }
+  case "$FAMILY" in pythia|olmo|olmoe) ;; *) echo "slurm_gpu.sh: --family must be pythia, olmo or olmoe" >&2; exit 2;; esac
+  TRAIN=".venv/bin/python -m launch.train --config $CONFIG:$FAMILY --workdir $WORKDIR --distributed"
+  JOB="circuits-$FAMILY" SB="$WORKDIR/slurm/train.sbatch"
+elif [[ $MODE == discover ]]; then
+  [[ -n "$OUT" ]] || { echo "slurm_gpu.sh: --mode discover needs --out D" >&2; usage; }
+  n=0; for v in HF_REPO RUN HF_REVISIONS; do [[ -n "${!v}" ]] && n=$((n + 1)); done
+  [[ $n == 1 ]] || { echo "slurm_gpu.sh: --mode discover needs exactly one of --hf_repo REPO, --run W, --hf_revisions FILE" >&2; exit 2; }
+  TRAIN=".venv/bin/python -m launch.discover"
+  if [[ -n "$HF_REPO" ]]; then TRAIN+=" --hf_repo $(printf '%q' "$HF_REPO") --revisions $(printf '%q' "$REVISIONS")"
+  elif [[ -n "$RUN" ]]; then TRAIN+=" --run $(printf '%q' "$RUN")"
+  else TRAIN+=" --hf_revisions $(printf '%q' "$HF_REVISIONS")"; fi
+  TRAIN+=" --out $(printf '%q' "$OUT") --distributed --noprogress"
+  WORKDIR="$OUT" JOB="circuits-discover" SB="$OUT/slurm/discover.sbatch"
+else
+  echo "slurm_gpu.sh: --mode must be train or discover" >&2; exit 2
+fi
 for e in "${EXTRA[@]+"${EXTRA[@]}"}"; do TRAIN+=" $(printf '%q' "$e")"; done
 SCRIPT="#!/usr/bin/env bash
-#SBATCH --job-name=circuits-$FAMILY
+#SBATCH --job-name=$JOB
 #SBATCH --nodes=$NODES
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=$GPUS
@@ -43,7 +71,6 @@ ${PARTITION:+#SBATCH --partition=$PARTITION
 }set -euo pipefail
 cd $(printf '%q' "$PWD")
 srun $TRAIN"
-SB="$WORKDIR/slurm/train.sbatch"
 if [[ $DRY == 1 ]]; then
   echo "# $SB"
   echo "$SCRIPT"

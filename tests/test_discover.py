@@ -117,3 +117,131 @@ def test_revision_lists_and_circuit_selection(tmp_path):
   assert heads == [(0, 1), (0, 3), (1, 0)] and src.startswith("fallback_top3")
   rnd = ablate.matched_random([(0, 1), (1, 0)], 4, seed=0)
   assert [l for l, _ in rnd] == [0, 1] and (0, 1) not in rnd and (1, 0) not in rnd
+
+
+# ----- mixed and shuffled revision lists; failures mid-sweep -----
+
+MIXED_CFG = dataclasses.replace(CFG, analyze=False, n_seeds=2)
+
+
+def _mixed_list(tmp: Path) -> Path:
+  """One list, two models: Pythia (vocab 96; step1, step143000) and OLMoE (vocab 80, 4 experts, top-2;
+  step10-tokens1B, step20-tokens2B). The Pythia final has the most tokens of the list, so a reference chosen
+  for the list as a whole (not per model) would be a dense model."""
+  from flax import nnx
+
+  from circuits.convert import save_converted
+  from circuits.models import ModelConfig, build_model
+
+  pythia = ModelConfig(family="pythia", vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, d_ff=64,
+                       rotary_pct=0.25, parallel_residual=True, qkv_bias=True)
+  olmoe = ModelConfig(family="olmoe", vocab_size=80, d_model=32, n_layers=2, n_heads=4, d_ff=32, n_experts=4,
+                      top_k=2)
+  lines = []
+  for i, (cfg, name) in enumerate([(pythia, "step1"), (olmoe, "step10-tokens1B"), (pythia, "step143000"),
+                                   (olmoe, "step20-tokens2B")]):
+    save_converted(tmp / name, cfg, _np(nnx.to_pure_dict(nnx.state(build_model(cfg, i), nnx.Param))))
+    lines.append(json.dumps({"name": name, "path": name}))
+  (tmp / "mixed.jsonl").write_text("\n".join(lines) + "\n")
+  return tmp / "mixed.jsonl"
+
+
+def _no_temp_files(out: Path) -> bool:
+  return not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+def test_mixed_and_shuffled_lists_give_the_same_table(tmp_path, monkeypatch):
+  from circuits.discovery import spread
+  revs = revisions.from_list(_mixed_list(tmp_path))
+  groups = spread.model_groups(revs)
+  assert groups == {"step1": "pythia-L2-H4-D32-V96", "step143000": "pythia-L2-H4-D32-V96",
+                    "step10-tokens1B": "olmoe-L2-H4-D32-V80-E4", "step20-tokens2B": "olmoe-L2-H4-D32-V80-E4"}
+  assert [r.name for r in spread.canonical(revs[::-1], groups)] == ["step10-tokens1B", "step20-tokens2B",
+                                                                    "step1", "step143000"]
+  assert spread.model_groups(revs[:1]) == {"step1": None}
+  assert set(spread.model_groups([revs[0], revs[2]]).values()) == {None}  # one model: no model column
+
+  kw = dict(cfg=MIXED_CFG, n=N, seq_len=T_LEN, progress=False)
+  vocabs, real = [], sweep.default_probe
+  monkeypatch.setattr(sweep, "default_probe", lambda v, *a: vocabs.append(v) or real(v, *a))
+  a = sweep.sweep(revs, tmp_path / "listed", **kw)
+  b = sweep.sweep([revs[i] for i in (3, 0, 2, 1)], tmp_path / "shuffled", **kw)
+  assert _bytes(tmp_path / "listed") == _bytes(tmp_path / "shuffled")
+  tab = a["table"]
+  assert a["models"] == ["olmoe-L2-H4-D32-V80-E4", "pythia-L2-H4-D32-V96"] == b["models"]
+  assert list(tab.columns[:2]) == ["model", "revision"] and len(tab) == 4 * 8
+  assert tab.groupby("model").revision.unique().map(list).to_dict() == {
+      "olmoe-L2-H4-D32-V80-E4": ["step10-tokens1B", "step20-tokens2B"],
+      "pythia-L2-H4-D32-V96": ["step1", "step143000"]}
+  # the MoE reference is OLMoE's own final revision: overlap 1 there, a fraction before; NaN for Pythia
+  ov = tab.groupby("revision").moe_topk_overlap_final.first()
+  assert ov["step20-tokens2B"] == 1.0 and 0.0 < ov["step10-tokens1B"] < 1.0
+  assert np.isnan(ov["step1"]) and np.isnan(ov["step143000"])
+  assert set(a["ablations"].model) == set(a["models"])
+  assert sorted(vocabs) == [80, 80, VOCAB, VOCAB]  # the default probe: built per vocabulary (once per sweep)
+  # a given probe must fit every model's vocabulary
+  big = synthetic_induction_batch(n=N, seq_len=T_LEN, lo=85, hi=VOCAB)
+  with pytest.raises(sweep.SweepError, match=r"step10-tokens1B.*token id 9\d, outside .* vocabulary of 80"):
+    sweep.sweep([revs[1]], tmp_path / "badprobe", probe=big, **kw)
+
+
+class _FullDiskOs:
+  """The `os` module, except that writing the temp file of `<out>/revisions/<victim>.csv` fills the disk
+  after half its bytes (ENOSPC), as a real full disk would."""
+
+  def __init__(self, victim: str):
+    import os
+    self._os, self._victim = os, f"{os.sep}revisions{os.sep}{victim}.csv.tmp-"
+
+  def __getattr__(self, name):
+    return getattr(self._os, name)
+
+  def fdopen(self, fd, mode="r", *a, **k):
+    f = self._os.fdopen(fd, mode, *a, **k)
+    if self._victim not in self._os.readlink(f"/proc/self/fd/{fd}"):
+      return f
+    import errno
+
+    class Full:
+      def __enter__(self):
+        return self
+
+      def __exit__(self, *exc):
+        f.close()
+
+      def write(self, data):
+        f.write(data[:len(data) // 2])
+        f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return Full()
+
+
+def test_failed_revision_and_full_disk_leave_files_consistent(tmp_path, monkeypatch):
+  revs = revisions.from_list(_fake_run(tmp_path))
+  probe, natural = _probes()
+  kw = dict(probe=probe, cfg=MIXED_CFG, progress=False)
+  out = tmp_path / "out"
+  sweep.sweep(revs[:1], out, **kw)
+  before = {p: (out / p).read_bytes() for p in ("table.csv", "ablations.csv")}
+
+  def unreadable():
+    raise revisions.RevisionError("ck16: simulated unreadable checkpoint")
+
+  bad = [revs[0], dataclasses.replace(revs[1], loader=unreadable), revs[2]]
+  with pytest.raises(sweep.SweepError, match=r"1 revision\(s\) failed: revision step16 \(.*ck16\): RevisionError: "
+                     r"ck16: simulated unreadable checkpoint; 1 revision\(s\) finished .*rerun the same command"):
+    sweep.sweep(bad, out, **kw)  # the others go on; the combined files stay as they were
+  assert T.completed_revisions(out) == ["step1", "step256"] and _no_temp_files(out)
+  assert {p: (out / p).read_bytes() for p in before} == before
+
+  monkeypatch.setattr(T, "os", _FullDiskOs("step16"))
+  with pytest.raises(sweep.SweepError, match=r"revision step16 .*No space left on device.*the disk is full: "
+                     r"free space under .*no partial file was left"):
+    sweep.sweep(revs, out, **kw)
+  monkeypatch.undo()
+  assert T.completed_revisions(out) == ["step1", "step256"] and _no_temp_files(out)
+  assert not (out / "ablations" / "step16.csv").exists()  # written before the table file, removed with it
+  assert {p: (out / p).read_bytes() for p in before} == before
+  res = sweep.sweep(revs, out, **kw)  # a rerun resumes
+  assert res["done"] == ["step16"] and list(T.revisions_in_order(res["table"])) == ["step1", "step16", "step256"]

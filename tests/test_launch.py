@@ -50,6 +50,57 @@ def test_slurm_dry_run_prints_script_and_submit():
   assert not Path("/shared/runs/olmoe").exists()  # a dry run writes nothing
 
 
+def test_tpu_pod_discover_dry_run_prints_the_worker_command():
+  r = _sh("tpu_pod.sh", "--mode", "discover", "--dry-run", "--name", "pod1", "--zone", "us-central2-b",
+          "--accelerator", "v4-32", "--hf_repo", "EleutherAI/pythia-1b", "--revisions", "step1,step16", "--out",
+          "/mnt/shared/pythia", "--repo", "https://example.org/circuits.git", "--", "--dtype", "bfloat16")
+  assert r.returncode == 0, r.stderr
+  create, install, sweep = [shlex.split(l) for l in r.stdout.strip().splitlines()]
+  assert create[4] == "create" and install[4] == "ssh" and "--worker=all" in sweep
+  remote = shlex.split(sweep[sweep.index("--command") + 1])
+  assert remote[remote.index("&&") + 1:] == [
+      ".venv/bin/python", "-m", "launch.discover", "--hf_repo", "EleutherAI/pythia-1b", "--revisions", "step1,step16",
+      "--out", "/mnt/shared/pythia", "--distributed", "--dtype", "bfloat16"]
+  r = _sh("tpu_pod.sh", "--mode", "discover", "--dry-run", "--name", "pod1", "--zone", "z", "--run", "/mnt/runs/a",
+          "--out", "/mnt/shared/a", "--repo", "x")
+  last = shlex.split(r.stdout.strip().splitlines()[-1])
+  assert r.returncode == 0 and last[last.index("--command") + 1].endswith(
+      "launch.discover --run /mnt/runs/a --out /mnt/shared/a --distributed")
+
+
+def test_slurm_discover_dry_run_prints_script_and_submit():
+  r = _sh("slurm_gpu.sh", "--mode", "discover", "--dry-run", "--hf_revisions", "/shared/revs.jsonl", "--out",
+          "/shared/disc/mixed", "--nodes", "2", "--gpus-per-node", "4", "--", "--n_seeds", "20")
+  assert r.returncode == 0, r.stderr
+  for want in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
+               "#SBATCH --job-name=circuits-discover", "#SBATCH --output=/shared/disc/mixed/slurm/%j.out",
+               "srun .venv/bin/python -m launch.discover --hf_revisions /shared/revs.jsonl --out /shared/disc/mixed "
+               "--distributed --noprogress --n_seeds 20", "sbatch /shared/disc/mixed/slurm/discover.sbatch"):
+    assert want in r.stdout, (want, r.stdout)
+  assert not Path("/shared/disc").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("script,args,why", [
+    ("tpu_pod.sh", ["--mode", "discover", "--dry-run", "--name", "p", "--zone", "z", "--repo", "x",
+                    "--hf_repo", "a/b"], "--out is required"),
+    ("tpu_pod.sh", ["--mode", "discover", "--dry-run", "--name", "p", "--zone", "z", "--repo", "x", "--out", "o"],
+     "exactly one of --hf_repo"),
+    ("slurm_gpu.sh", ["--mode", "discover", "--dry-run", "--out", "o", "--run", "w", "--hf_repo", "a/b"],
+     "exactly one of --hf_repo"),
+    ("slurm_gpu.sh", ["--mode", "sweep", "--dry-run"], "--mode must be train or discover")])
+def test_discover_mode_bad_arguments_fail_clearly(script, args, why):
+  r = _sh(script, *args)
+  assert r.returncode != 0 and why in r.stderr, r.stderr
+
+
+def test_discover_cli_has_distributed_flags():
+  import sys
+  r = subprocess.run([sys.executable, "-m", "launch.discover", "--helpshort"], capture_output=True, text=True,
+                     cwd=ROOT, timeout=120)
+  for f in ("--distributed", "--coordinator_address", "--num_processes", "--process_id", "--devices"):
+    assert f in r.stdout + r.stderr, f
+
+
 @pytest.mark.parametrize("script,args", [("tpu_pod.sh", ["--dry-run", "--name", "x"]),
                                          ("slurm_gpu.sh", ["--dry-run", "--family", "gpt2", "--workdir", "w"]),
                                          ("tpu_pod.sh", ["--bogus"])])

@@ -70,7 +70,11 @@ def load_params(out, cfg: ModelConfig | None = None) -> dict:
   cfg = cfg or read_converted_config(out)
   abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build_model(cfg, rngs=0)), nnx.Param))
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), _str_keys(abstract))
-  ckptr = ocp.StandardCheckpointer()
+  # read by this process alone: in a multi-process discovery sweep each process loads its own revisions, so
+  # Orbax's default barriers across all processes would pair up different checkpoints (and hang)
+  me = jax.process_index()
+  ckptr = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}))
   try:
     params = ckptr.restore(out / "params", target)
   except Exception as e:

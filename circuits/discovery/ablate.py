@@ -31,7 +31,7 @@ import pandas as pd
 from flax import nnx
 
 from circuits import losses
-from circuits.discovery.measure import as_probe, pad_rows
+from circuits.discovery.measure import as_probe, chunk_mesh, pad_rows, replicate
 
 NAN = float("nan")
 
@@ -68,23 +68,67 @@ def _chunks(probe: dict, chunk: int):
     yield pad_rows(tok[i:j], b), pad_rows(q[i:j], b), pad_rows(tgt[i:j], b), valid
 
 
-def mean_z(graphdef, state, probe: dict, chunk: int = 64) -> np.ndarray:
-  """[L, H, K] mean over the probe's examples of each head's z at the query."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _spread_chunks(fn, graphdef, mesh, state, tokens_GxBxT, qpos_GxB, target_GxB, valid_GxB, *args):
+  """fn(graphdef, state, one chunk's inputs, *args) for G chunks at once, chunk g on device g of `mesh` (one
+  program, one compile); outputs stacked [G, ...] in chunk order."""
+  from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
+
+  def local(st, tok, q, tgt, valid, *a):
+    return jax.tree.map(lambda x: x[None], fn(graphdef, st, tok[0], q[0], tgt[0], valid[0], *a))
+
+  g = P("chunks")
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), g, g, g, g) + (P(),) * len(args), out_specs=g,
+                       check_vma=False)(state, tokens_GxBxT, qpos_GxB, target_GxB, valid_GxB, *args)
+
+
+def _over_chunks(fn, graphdef, state, probe: dict, chunk: int, mesh, *args) -> list:
+  """[(fn's host result, valid examples)] of every chunk of the probe, in chunk order. With a mesh of G
+  devices (and `state` replicated on it), G chunks run at once, one per device; every call is dispatched
+  before any result is read. Each chunk's numbers are computed by the same program whatever device runs it,
+  so sums taken over this list in order equal the one-device sums."""
+  chunks = list(_chunks(probe, chunk))
+  if mesh is None:
+    outs = [(fn(graphdef, state, *xs, *args), xs[-1]) for xs in chunks]
+    return [(jax.device_get(o), float(v.sum())) for o, v in outs]
+  g = mesh.devices.size
+  empty = tuple(np.zeros_like(x) for x in chunks[0])  # fills the last group; never read
+  groups = []
+  for i in range(0, len(chunks), g):
+    part = chunks[i:i + g]
+    stacked = [np.stack(x) for x in zip(*(part + [empty] * (g - len(part))))]
+    groups.append((_spread_chunks(fn, graphdef, mesh, state, *stacked, *args), part))
+  res = []
+  for out, part in groups:
+    out = jax.device_get(out)
+    res += [(jax.tree.map(lambda x, j=j: x[j], out), float(xs[-1].sum())) for j, xs in enumerate(part)]
+  return res
+
+
+def _z_sums(graphdef, state, tokens_BxT, qpos_B, target_B, valid_B):
+  del target_B
+  return _z_chunk(graphdef, state, tokens_BxT, qpos_B, valid_B)
+
+
+def mean_z(graphdef, state, probe: dict, chunk: int = 64, mesh=None) -> np.ndarray:
+  """[L, H, K] mean over the probe's examples of each head's z at the query. mesh: spread the chunks over
+  its devices (`state` replicated there: measure.replicate)."""
   acc, n = None, 0
-  for tok, q, _, valid in _chunks(probe, chunk):
-    s = np.asarray(_z_chunk(graphdef, state, tok, q, valid))
+  for s, m in _over_chunks(_z_sums, graphdef, state, probe, chunk, mesh):
+    s = np.asarray(s)
     acc = s if acc is None else acc + s
-    n += int(valid.sum())
+    n += int(m)
   return acc / n
 
 
-def evaluate(graphdef, state, probe: dict, scale_LxH, replace_LxHxK, mask_LxH, chunk: int = 64) -> dict:
-  """Mean top1, top5, loss, target_logit at the query under one ablation."""
+def evaluate(graphdef, state, probe: dict, scale_LxH, replace_LxHxK, mask_LxH, chunk: int = 64, mesh=None) -> dict:
+  """Mean top1, top5, loss, target_logit at the query under one ablation. mesh: spread the chunks over its
+  devices (`state` replicated there: measure.replicate); the same numbers as one device."""
   acc, n = None, 0
-  for tok, q, tgt, valid in _chunks(probe, chunk):
-    s = jax.device_get(_eval_chunk(graphdef, state, tok, q, tgt, valid, scale_LxH, replace_LxHxK, mask_LxH))
+  for s, m in _over_chunks(_eval_chunk, graphdef, state, probe, chunk, mesh, jnp.asarray(scale_LxH),
+                           jnp.asarray(replace_LxHxK), jnp.asarray(mask_LxH)):
     acc = s if acc is None else {k: acc[k] + s[k] for k in acc}
-    n += int(valid.sum())
+    n += int(m)
   return {k: float(v) / n for k, v in acc.items()}
 
 
@@ -118,15 +162,19 @@ def _fmt(heads) -> str:
 
 def ablate_revision(model, probes: dict, sel_induction_LxH, *, revision: str, step: int, tokens: float,
                     threshold: float = 50.0, n_seeds: int = 20, seed: int = 0, chunk: int = 64,
-                    n_examples: int | None = None, z_means: dict | None = None) -> pd.DataFrame:
+                    n_examples: int | None = None, z_means: dict | None = None, devices=None) -> pd.DataFrame:
   """Ablation rows of one revision on each probe ({name: ProbeBatch or dict}).
 
   z_means: optional {probe name: [L, H, K]} means of z at the query (computed when missing).
   Random controls use seeds seed .. seed + n_seeds - 1 (the same heads for zero and mean ablation).
+  devices: None (one device) or a list of local devices to spread each pass's chunks over (the same numbers).
   """
   if n_seeds < 1:
     raise ValueError("n_seeds must be >= 1 (the methods ask for >= 20)")
   graphdef, state = nnx.split(model)
+  mesh = chunk_mesh(list(devices)) if devices and len(devices) > 1 else None
+  state = state if mesh is None else replicate(state, mesh)
+  spread = dict(mesh=mesh)
   sel = np.asarray(sel_induction_LxH)
   l, h = sel.shape
   circuit, source = select_circuit(sel, threshold)
@@ -138,11 +186,11 @@ def ablate_revision(model, probes: dict, sel_induction_LxH, *, revision: str, st
   for pname, p in probes.items():
     pd_ = as_probe(p, n_examples, keys=("tokens_NxT", "query_pos_N", "target_N"))
     zm = (z_means or {}).get(pname)
-    zm = mean_z(graphdef, state, pd_, chunk) if zm is None else np.asarray(zm, np.float32)
+    zm = mean_z(graphdef, state, pd_, chunk, **spread) if zm is None else np.asarray(zm, np.float32)
     base = dict(revision=str(revision), step=int(step), tokens=float(tokens), probe=pname,
                 circuit_heads=_fmt(circuit), circuit_source=source, n_examples=len(pd_["target_N"]))
     rows.append({**base, "condition": "clean", "seed": NAN, "ablated_heads": "", "n_ablated": 0,
-                 **evaluate(graphdef, state, pd_, ones, zm, zeros_mask, chunk)})
+                 **evaluate(graphdef, state, pd_, ones, zm, zeros_mask, chunk, **spread)})
     for name, sd, heads in sets:
       m = np.zeros((l, h), bool)
       for x, y in heads:
@@ -151,7 +199,7 @@ def ablate_revision(model, probes: dict, sel_induction_LxH, *, revision: str, st
         scale = np.where(m, 0.0, 1.0).astype(np.float32) if kind == "zero" else ones
         mask = m if kind == "mean" else zeros_mask
         rows.append({**base, "condition": f"{name}_{kind}", "seed": sd, "ablated_heads": _fmt(heads),
-                     "n_ablated": len(heads), **evaluate(graphdef, state, pd_, scale, zm, mask, chunk)})
+                     "n_ablated": len(heads), **evaluate(graphdef, state, pd_, scale, zm, mask, chunk, **spread)})
   cols = ["revision", "step", "tokens", "probe", "condition", "seed", "top1", "top5", "loss", "target_logit",
           "n_ablated", "ablated_heads", "circuit_heads", "circuit_source", "n_examples"]
   df = pd.DataFrame(rows)[cols]

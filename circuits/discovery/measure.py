@@ -61,6 +61,37 @@ class MeasureConfig:
   gu_k: int = 0
   gu_eps: float = 0.3
   keep_rows: bool = False
+  devices: Optional[int] = None  # local devices the main pass and the ablations spread over (None: all)
+
+
+def probe_devices(n: Optional[int] = None) -> list:
+  """The first n of this process's devices (all when None), that a revision's probe chunks are spread over.
+  With one device everything runs as a single jitted call there; see capture and circuits.discovery.ablate."""
+  devs = jax.local_devices()
+  if n is not None and not 1 <= n <= len(devs):
+    raise ValueError(f"devices={n}: this process has {len(devs)} local device(s); give 1..{len(devs)} or None")
+  return devs if n is None else devs[:n]
+
+
+def chunk_mesh(devices: list):
+  """A 1-axis mesh ("chunks") over `devices`, along which probe chunks are spread (one or more per device)."""
+  from jax.sharding import Mesh  # pylint: disable=import-outside-toplevel
+  return Mesh(np.array(devices), ("chunks",))
+
+
+def replicate(state, mesh):
+  """The model state placed once on every device of the mesh (each device holds a full copy)."""
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
+  return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+
+
+def add_in_order(parts: list):
+  """Sum of a list of pytrees of fp32 arrays, left to right (parts[0] + parts[1] + ...), on the host: the
+  order in which a single device's loop over the same chunks adds them up, so the total is the same bits."""
+  total = parts[0]
+  for p in parts[1:]:
+    total = jax.tree.map(np.add, total, p)
+  return total
 
 
 def default_chunk() -> int:
@@ -83,26 +114,45 @@ def pad_rows(x, b: int):
   return np.concatenate([x, np.repeat(x[:1], b - n, axis=0)], axis=0)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _capture_scan(graphdef, keep_rows: bool, state, tokens_CxBxT, qpos_CxB, valid_CxB, ab_CxB, base_P,
-                  null_CxBxD):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _capture_scan(graphdef, keep_rows: bool, per_chunk: bool, state, tokens_CxBxT, qpos_CxB, valid_CxB, ab_CxB,
+                  base_P, null_CxBxD):
   """The whole main pass in one call: a scan over C chunks of B examples. Returns diagnostics.selectivity_sums
   over the valid examples (class, baseline and null masses), z [C, B, L, H, K] and, with keep_rows, the
-  rows [C, B, L, H, S]. Each chunk runs the model with capture_only (the last layer at the query rows)."""
+  rows [C, B, L, H, S]. Each chunk runs the model with capture_only (the last layer at the query rows).
+  per_chunk: return each chunk's sums ([C, ...], for the caller to add up in chunk order) instead of their
+  running total (the carry of the scan)."""
   model = nnx.merge(graphdef, state)
 
   def chunk(acc, xs):
     tokens_BxT, qpos_B, valid_B, ab_B, null_BxD = xs
     out = model(tokens_BxT, query_pos_B=qpos_B, capture_only=True)
     rows = out.rows_BxLxHxS.astype(jnp.float32) * valid_B[:, None, None, None]
-    acc = jax.tree.map(jnp.add, acc, D.selectivity_sums(rows, ab_B, base_P, null_BxD))
+    sums = D.selectivity_sums(rows, ab_B, base_P, null_BxD)
+    if per_chunk:
+      return acc, (sums, out.z_BxLxHxK, out.rows_BxLxHxS if keep_rows else None)
+    acc = jax.tree.map(jnp.add, acc, sums)
     return acc, (out.z_BxLxHxK, out.rows_BxLxHxS if keep_rows else None)
 
+  if per_chunk:
+    return jax.lax.scan(chunk, (), (tokens_CxBxT, qpos_CxB, valid_CxB, ab_CxB, null_CxBxD))[1]
   b, t = tokens_CxBxT.shape[1:]
   rows0 = jax.ShapeDtypeStruct((b, len(model.blocks), model.cfg.n_heads, t), jnp.float32)
   acc0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
                       jax.eval_shape(D.selectivity_sums, rows0, ab_CxB[0], base_P, null_CxBxD[0]))
   return jax.lax.scan(chunk, acc0, (tokens_CxBxT, qpos_CxB, valid_CxB, ab_CxB, null_CxBxD))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _capture_spread(graphdef, keep_rows: bool, mesh, state, tokens_CxBxT, qpos_CxB, valid_CxB, ab_CxB, base_P,
+                    null_CxBxD):
+  """_capture_scan(per_chunk=True) on every device of `mesh` at once (one program, one compile): device g scans
+  its contiguous block of C / G chunks; returns every chunk's sums [C, ...], z and rows in chunk order."""
+  from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  body = lambda st, *xs: _capture_scan(graphdef, keep_rows, True, st, *xs)
+  c = P("chunks")
+  return jax.shard_map(body, mesh=mesh, in_specs=(P(), c, c, c, c, P(), c), out_specs=c, check_vma=False)(
+      state, tokens_CxBxT, qpos_CxB, valid_CxB, ab_CxB, base_P, null_CxBxD)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
@@ -169,11 +219,25 @@ def capture(graphdef, state, probe, cfg: MeasureConfig = MeasureConfig(), baseli
   null_NxD = null_positions(ab, t, cfg.null_draws, cfg.null_seed)
   b = min(default_chunk() if cfg.main_chunk is None else cfg.main_chunk, n)
   c = -(-n // b)
-  valid = (np.arange(c * b) < n).astype(np.float32)
-  as_chunks = lambda x: jnp.asarray(pad_rows(x, c * b).reshape((c, b) + x.shape[1:]))
-  sums, (z, rows) = _capture_scan(graphdef, cfg.keep_rows, state, as_chunks(tok), as_chunks(qpos),
-                                  as_chunks(valid), as_chunks(ab.astype(np.int32)), base_P, as_chunks(null_NxD))
-  flat = lambda x: np.asarray(x).reshape((c * b,) + x.shape[2:])[:n]
+  # at least 2 chunks per device: XLA removes a scan of length 1 (a loop of one trip) and fuses its body
+  # differently (float32 results then differ in the last bit for some models), so every device keeps a loop
+  devices = probe_devices(cfg.devices)[:max(1, c // 2)]
+  g = len(devices)
+  c_pad = -(-c // g) * g  # whole blocks of chunks per device; padded chunks hold no valid example
+  valid = (np.arange(c_pad * b) < n).astype(np.float32)
+  as_chunks = lambda x: jnp.asarray(pad_rows(x, c_pad * b).reshape((c_pad, b) + x.shape[1:]))
+  args = (as_chunks(tok), as_chunks(qpos), as_chunks(valid), as_chunks(ab.astype(np.int32)), base_P,
+          as_chunks(null_NxD))
+  if g == 1:
+    sums, (z, rows) = _capture_scan(graphdef, cfg.keep_rows, False, state, *args)
+  else:
+    # Spread: each device scans its own block of chunks and returns each chunk's sums; the host adds them up
+    # in chunk order, as the one-device scan does (the same fp32 additions in the same order).
+    mesh = chunk_mesh(devices)
+    per, z, rows = _capture_spread(graphdef, cfg.keep_rows, mesh, replicate(state, mesh), *args)
+    per = jax.device_get(per)
+    sums = add_in_order([jax.tree.map(lambda x, i=i: x[i], per) for i in range(c)])
+  flat = lambda x: np.asarray(x).reshape((c_pad * b,) + x.shape[2:])[:n]
   out = {"sums": jax.device_get(sums), "n": n, "seq_len": t, "z_NxLxHxK": flat(z)}
   if cfg.keep_rows:
     out["rows_NxLxHxS"] = flat(rows)
