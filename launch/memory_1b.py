@@ -1,9 +1,10 @@
-"""Per-device memory of the 1B train steps on an 8-device fsdp mesh, compiled from abstract inputs.
+"""Per-device memory of the 1B train steps on a 64-device fsdp mesh, compiled from abstract inputs.
 
-    python -m launch.memory_1b [--devices 8] [--configs pythia_1b,olmo_1b_0724,olmoe_1b_7b]
+    python -m launch.memory_1b [--devices 64] [--configs pythia_1b,olmo_1b_0724,olmoe_1b_7b] [--no_diagnostics]
 
 Nothing is allocated: the model comes from nnx.eval_shape, the state and batch are ShapeDtypeStructs
-carrying their NamedShardings; figures are XLA's `compiled.memory_analysis()` (bytes per device).
+carrying their NamedShardings; figures are XLA:CPU's `compiled.memory_analysis()` (bytes per device) under
+its memory-optimised scheduler (circuits.train.memory.MEMORY_FLAGS): compiler figures, not device measurements.
 Must run in a fresh process (it sets XLA_FLAGS before importing jax). Library: circuits.train.memory.
 """
 
@@ -15,17 +16,18 @@ import sys
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--devices", type=int, default=8)
+  ap.add_argument("--devices", type=int, default=64, help="fake CPU devices of the fsdp mesh (the published runs: 64)")
   ap.add_argument("--configs", default="pythia_1b,olmo_1b_0724,olmoe_1b_7b")
   ap.add_argument("--batch_size", type=int, default=0, help="override train.batch_size (0: the config's)")
   ap.add_argument("--no_diagnostics", action="store_true")
   args = ap.parse_args()
   if "jax" in sys.modules:
     raise RuntimeError("launch.memory_1b must set XLA_FLAGS before jax is imported; run it as a fresh process")
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count={args.devices}").strip()
+  from circuits.train import memory  # imports jax; XLA reads XLA_FLAGS when the first backend starts, below
+
+  os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} {memory.MEMORY_FLAGS} "
+                             f"--xla_force_host_platform_device_count={args.devices}").strip()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  from circuits.train import memory  # imports jax: after XLA_FLAGS
 
   rows = []
   for name in args.configs.split(","):

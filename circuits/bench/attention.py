@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-MEMORY_FLAGS = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+from circuits.train.memory import MEMORY_FLAGS  # noqa: E402  (one definition)
 TINY = dict(family="pythia", vocab_size=256, d_model=64, n_layers=1, n_heads=2, d_ff=128, rotary_pct=0.25,
             parallel_residual=True, qkv_bias=True)
 
