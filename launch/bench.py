@@ -23,6 +23,9 @@ flags.DEFINE_list("size_families", None, "SIZE=FAM+FAM restricts the families at
 flags.DEFINE_integer("disc_repeats", None, "repeats of the discovery timings (default 3)")
 flags.DEFINE_integer("repeats", None, "timed calls per figure (median reported)")
 flags.DEFINE_integer("warmup", None, "untimed calls before timing")
+flags.DEFINE_list("sections", None, "sections to run: core (peak, discovery, io, trainer, scaling), attention "
+                  "(blockwise vs exact, diagnostics vs T, memory vs T), public (the discover CLI on 1B-shaped "
+                  "checkpoints); default all")
 
 
 def main(argv):
@@ -31,7 +34,7 @@ def main(argv):
 
   st = bench.settings_from(quick=FLAGS.quick, families=FLAGS.families, sizes=FLAGS.sizes,
                            size_families=FLAGS.size_families, disc_repeats=FLAGS.disc_repeats, repeats=FLAGS.repeats,
-                           warmup=FLAGS.warmup)
+                           warmup=FLAGS.warmup, sections=FLAGS.sections)
   res = bench.run(st, command=" ".join(["python -m launch.bench", *sys.argv[1:]]), out_dir=FLAGS.out)
   j, md = bench.write(res, FLAGS.out)
   print(md.read_text())

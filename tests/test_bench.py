@@ -75,6 +75,16 @@ def test_bench_quick(tmp_path):
   assert [r["revisions"] for r in sc["discovery"]["vs_revisions"]] == m["settings"]["disc_revisions"]
   assert [r["n"] for r in sc["discovery"]["vs_n"]] == m["settings"]["disc_ns"]
 
+  att = res["attention"]
+  assert {r["section"] for r in att} == {"diag", "impls", "memory"}
+  assert all(r["on_over_off"] > 0 for r in att if r["section"] == "diag")
+  mem = {(r["impl"], r["seq_len"]): r for r in att if r["section"] == "memory"}
+  assert mem[("exact", 512)]["ts_shapes"] and not mem[("blockwise", 512)]["ts_shapes"]  # [T, S] buffers: exact only
+  (pub,) = res["public"]
+  assert pub["repo"] == "EleutherAI/pythia-1b" and pub["peak_rss_gib"] > 0 and pub["checkpoint_gib"] > 0
+  assert all(v["next_rev_s"] > 0 and v["wall_s"] > v["first_rev_s"] > 0 for v in pub["per_n"].values())
+  assert "Discovery CLI on 1B-shaped checkpoints" in r.stdout and "exact vs blockwise" in r.stdout
+
   ratios = dict(_ratios(res))
   assert len(ratios) >= 15, sorted(ratios)  # quick: 7 trainer + 1 discovery + 7 io + 4 scaling
   bad = {k: v for k, v in ratios.items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)}

@@ -58,6 +58,9 @@ class Settings:
       hidden_size=512, num_hidden_layers=8, intermediate_size=2048, vocab_size=8192, num_attention_heads=8))
   ckpt_size: str = "50M"  # train state (params + AdamW moments) saved and restored
   io_repeats: int = 3
+  sections: tuple = ("core", "attention", "public")  # core: peak, discovery, io, train, scaling
+  public_repos: tuple = ("EleutherAI/pythia-1b", "allenai/OLMo-1B-0724-hf")  # 1B-shaped discovery CLI rows
+  public_ns: tuple = (8, 24)  # two N for the per-example slope (circuits.bench.public)
   quick: bool = False
 
   @classmethod
@@ -65,7 +68,7 @@ class Settings:
     return cls(families=("pythia",), sizes=("tiny",), batch=2, seq_len=32, warmup=1, repeats=1, peak_n=256,
                probe_every=4, probe_n=4, scaling_size="tiny", scaling_seq_lens=(32,), scaling_tokens=64, disc_n=16,
                disc_seq_len=32, disc_repeats=1, disc_real_vocab=0, disc_revisions=(1, 2), disc_ns=(16,), conv_dims={},
-               ckpt_size="tiny", io_repeats=1, quick=True)
+               ckpt_size="tiny", io_repeats=1, public_repos=("EleutherAI/pythia-1b",), public_ns=(2, 4), quick=True)
 
   def timing(self, size: str) -> tuple[int, int]:
     """(warmup, repeats) of the trainer benchmark at `size`."""
@@ -110,7 +113,7 @@ def bench_peak(st: Settings) -> dict:
 
 
 def settings_from(quick: bool = False, families=None, sizes=None, size_families=(), disc_repeats=None,
-                  repeats=None, warmup=None) -> Settings:
+                  repeats=None, warmup=None, sections=None) -> Settings:
   """Settings of the command line: the full (or `quick`) defaults with what is given replaced.
 
   size_families: items "SIZE=FAM+FAM" restricting the families at a size (e.g. "50M=pythia").
@@ -129,4 +132,9 @@ def settings_from(quick: bool = False, families=None, sizes=None, size_families=
     st.repeats = repeats
   if warmup is not None:
     st.warmup = warmup
+  if sections:
+    unknown = sorted(set(sections) - set(Settings.sections))
+    if unknown:
+      raise ValueError(f"--sections: unknown {unknown}; known: {list(Settings.sections)}")
+    st.sections = tuple(sections)
   return st

@@ -44,6 +44,21 @@ def run(st: Settings, log=print, command: str = "", out_dir=None) -> dict:
   done("peak")
   tmp = Path(tempfile.mkdtemp(prefix="circuits_bench_"))
   try:
+    if "attention" in st.sections:
+      from circuits.bench import attention
+      res["attention"] = attention.run(quick=st.quick)
+      done("attention")
+    if "public" in st.sections:
+      from circuits.bench import public
+      tiny = None
+      if st.quick:  # the same code on a tiny config of the published layout
+        tiny = {r: dict(public.random_hf.PUBLISHED[r], hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                        vocab_size=512, num_attention_heads=4) for r in st.public_repos}
+      res["public"] = public.run(tmp / "public", repos=st.public_repos, ns=st.public_ns,
+                                 seq_len=64 if st.quick else 256, log=log, hf_configs=tiny)
+      done("public")
+    if "core" not in st.sections:
+      return res
     res["discovery"] = bench_discovery(st, tmp)
     log(f"[bench] discovery ours {res['discovery']['ours_s']:.3f} s, reference {res['discovery']['reference_s']:.3f} s")
     done("discovery")
@@ -69,8 +84,8 @@ def run(st: Settings, log=print, command: str = "", out_dir=None) -> dict:
       res["scaling"]["diagnostics_vs_seq_len"] = bench_diag_scaling(st, res["train"])
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-  res["meta"]["complete"] = True
-  done("all")
+    res["meta"]["complete"] = True
+    done("all")
   return res
 
 
@@ -90,6 +105,46 @@ def iter_ratios(res: dict, prefix: str = ""):
 
 def markdown(res: dict) -> str:
   """The results as markdown tables (what docs/benchmarks.md carries)."""
+  return _markdown_core(res) + _markdown_scale(res)
+
+
+def _markdown_scale(res: dict) -> str:
+  """The attention-at-scale and 1B-shaped discovery sections (empty when not run)."""
+  lines = []
+  rows = res.get("attention") or []
+  diag = [r for r in rows if r.get("section") == "diag"]
+  if diag:
+    lines += ["", "**Attention: blockwise diagnostics on / off vs T** (a 1-layer model so attention dominates; tokens "
+              "per step fixed, interleaved medians):", "", "| T | batch | step s on | step s off | on/off (>= 0.98) |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {r['seq_len']} | {r['batch']} | {r['step_s_on']:.4f} | {r['step_s_off']:.4f} | {r['on_over_off']:.3f} |"
+              for r in diag]
+  impls = [r for r in rows if r.get("section") == "impls"]
+  if impls:
+    mib = lambda b: "-" if b is None else f"{b / 2**20:.1f}"
+    lines += ["", "**Attention: exact vs blockwise** (train step with diagnostics; step seconds interleaved; XLA temp "
+              "memory at batch 1 under the memory-optimised CPU scheduler):", "",
+              "| T | batch | step s exact | step s blockwise | blockwise throughput / exact | temp MiB exact (b 1) | "
+              "temp MiB blockwise (b 1) |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['seq_len']} | {r['batch']} | {r['step_s_exact']:.4f} | {r['step_s_blockwise']:.4f} | "
+              f"{r['blockwise_over_exact_throughput']:.2f} | {mib(r['temp_bytes_exact_b1'])} | "
+              f"{mib(r['temp_bytes_blockwise_b1'])} |" for r in impls]
+  mem = [r for r in rows if "temp_bytes" in r and r.get("section") not in ("impls", "diag")]
+  if mem:
+    lines += ["", "**Attention: memory vs T** (XLA temp bytes of one train step, batch 1, memory-optimised CPU "
+              "scheduler; T x S-sized buffers counted in the compiled program):", "",
+              "| impl | T | temp MiB | [T, S]-sized buffers |", "|---|---|---|---|"]
+    lines += [f"| {r['impl']} | {r['seq_len']} | {r['temp_bytes'] / 2**20:.1f} | {len(r.get('ts_shapes') or [])} |"
+              for r in mem]
+  if res.get("public"):
+    from circuits.bench import public
+    lines += ["", "**Discovery CLI on 1B-shaped checkpoints** (random weights in the published configs and file "
+              "dtypes; `launch.discover --hf_revisions`, ablations off; per revision = load + convert + pass, "
+              "timed from the second revision's table write):", "", public.markdown(res["public"]).rstrip()]
+  return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _markdown_core(res: dict) -> str:
   m, p = res["meta"], res["peak"]
   la = lambda x: ", ".join(f"{v:.2f}" for v in x)
   st = m["settings"]
