@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 FAMILIES = ("pythia", "olmo", "olmoe")
 ATTENTION_KINDS = ("softmax", "softmax1", "sink_logit", "gated", "sigmoid")
-MOE_IMPLS = ("ragged", "dense")
+MOE_IMPLS = ("ragged", "gmm", "dense")
 
 
 class ConfigError(ValueError):
@@ -40,7 +40,7 @@ class ModelConfig:
   norm_topk_prob: bool = False  # OLMoE: the selected gates are NOT renormalised
   router_aux_loss_coef: float = 0.01  # load-balancing loss coefficient
   router_z_loss_coef: float = 0.001
-  moe_impl: str = "ragged"  # "ragged" (sorted grouped matmul) or "dense" (every expert on every token)
+  moe_impl: str = "ragged"  # "ragged" (sort + ragged_dot), "gmm" (sort + megablox) or "dense" (circuits.models.moe)
   # attention variant (sink mitigations); "softmax" is the parity-tested default
   attention: str = "softmax"
   # init (for models we train); converted checkpoints overwrite every parameter
