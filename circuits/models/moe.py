@@ -42,8 +42,9 @@ GMM_TILE = 128  # megablox tile size (m, k and n), lowered where a dimension is 
 
 
 def grouped_matmul(x_MxD, w_ExDxF, sizes_E, impl: str):
-  """y[m] = x[m] @ w[g(m)] where rows are grouped by expert in order (group e has sizes_E[e] rows; rows past
-  sum(sizes_E) give 0). impl "ragged": jax.lax.ragged_dot; "gmm": megablox gmm (interpret mode off TPU)."""
+  """y[m] = x[m] @ w[g(m)] where rows are grouped by expert in order (group e has sizes_E[e] rows; the MoE's
+  groups cover every row: rows past sum(sizes_E) are 0 for ragged_dot and unspecified for gmm).
+  impl "ragged": jax.lax.ragged_dot; "gmm": megablox gmm (Pallas interpret mode off TPU)."""
   if impl == "ragged":
     return jax.lax.ragged_dot(x_MxD, w_ExDxF, sizes_E)
   if impl != "gmm":
@@ -88,7 +89,7 @@ class MoE(nnx.Module):
   def __call__(self, x_BxTxD):
     """(y_BxTxD, stats): stats are diagnostics.routing_stats of the whole batch plus topk_idx_NxK."""
     dt = x_BxTxD.dtype
-    ws = tuple(w[...].astype(dt) for w in (self.router, self.gate, self.up, self.down))
+    ws = tuple(w[...] for w in (self.router, self.gate, self.up, self.down))  # cast to dt where used
     axes = _batch_axes(x_BxTxD.shape[0])
     if not axes:
       y_BxTxD, probs_NxE, idx_NxK, logits_NxE = _route_and_compute(self.cfg, x_BxTxD, *ws)
@@ -96,7 +97,11 @@ class MoE(nnx.Module):
       stats["topk_idx_NxK"] = idx_NxK
       return y_BxTxD, stats
 
+    checked = self.cfg.moe_impl != "gmm"
+
     def local(x_bxTxD, *ws):
+      if checked:  # made varying in fp32, before the cast: the transpose's psum of their gradients is fp32
+        ws = tuple(jax.lax.pcast(w, axes, to="varying") for w in ws)
       y_bxTxD, probs_nxE, idx_nxK, logits_nxE = _route_and_compute(self.cfg, x_bxTxD, *ws)
       s = diagnostics.routing_stats(probs_nxE, idx_nxK, logits_nxE)
       e = probs_nxE.shape[-1]
@@ -105,11 +110,13 @@ class MoE(nnx.Module):
                                  frac_KxE=frac_KxE, p_E=probs_nxE.mean(0)), axes)
       return y_bxTxD, idx_nxK, means
 
-    spec = P(axes)
+    # The weights enter in their param dtype (fp32), so their gradients are summed over the devices in fp32
+    # (a bf16 psum there crashed XLA:CPU's compile: "Invalid binary instruction opcode copy", jax 0.10.2).
     # megablox's group metadata (jnp.histogram) fails jax's varying-axes check inside shard_map (an
-    # AssertionError in hijax searchsorted, jax 0.10.2): that path runs unchecked (equal results, tested)
+    # AssertionError in hijax searchsorted, jax 0.10.2): that path runs unchecked (equal results, tested).
+    spec = P(axes)
     y_BxTxD, idx_NxK, g = jax.shard_map(local, in_specs=(spec,) + (P(),) * 4, out_specs=(spec, spec, P()),
-                                        axis_names=set(axes), check_vma=self.cfg.moe_impl != "gmm")(x_BxTxD, *ws)
+                                        axis_names=set(axes), check_vma=checked)(x_BxTxD, *ws)
     e = self.cfg.n_experts
     stats = {"load": g["load"], "imbalance": g["load"].max() / g["load"].mean(),
              "router_entropy": g["router_entropy"], "lb_loss": e * jnp.sum(g["frac_KxE"] * g["p_E"][None, :]),
@@ -122,6 +129,7 @@ def _route_and_compute(cfg: ModelConfig, x_BxTxD, wr_DxE, wg_ExDxF, wu_ExDxF, wd
   dt = x_BxTxD.dtype
   b, t, d = x_BxTxD.shape
   x_NxD = x_BxTxD.reshape(b * t, d)
+  wr_DxE, wg_ExDxF, wu_ExDxF, wd_ExFxD = (w.astype(dt) for w in (wr_DxE, wg_ExDxF, wu_ExDxF, wd_ExFxD))
   logits_NxE = (x_NxD @ wr_DxE).astype(jnp.float32)
   probs_NxE = jax.nn.softmax(logits_NxE, axis=-1)
   gates_NxK, idx_NxK = jax.lax.top_k(probs_NxE, cfg.top_k)
