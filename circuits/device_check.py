@@ -4,7 +4,8 @@
 present, in this order:
   peak: bf16 x bf16 -> f32 matmul GFLOP/s at n = 8192 (circuits.bench.bench_peak; tiny: n = 256);
   train: each 1B config (configs/pythia_1b.py, olmo_1b_0724.py, olmoe_1b_7b.py; tiny: the *_tiny configs) on
-    an fsdp mesh over every device, random tokens, diagnostics on, the config's remat / bf16 / loss_chunk; the
+    an fsdp mesh over every device, random tokens, diagnostics on, the config's remat / bf16 / loss_chunk (OLMoE:
+    moe_impl "gmm" on TPU, the config's "ragged" elsewhere); the
     global batch is `rows_per_device` x devices rows (16: the published 1024 rows on 64 chips) and the
     microbatches start at the config's and double on out-of-memory (then the rows halve). After one call
     (compile + first step), `steps` timed steps: tokens/s, MFU and memory;
@@ -136,6 +137,8 @@ def train_steps(name: str, st: CheckSettings, peak_tflops: float, peak_source: s
     c.train.microbatches = micro
     c.train.diagnostics = True
     c.probe.every = 0
+    if c.model.get("n_experts", 0) and jax.default_backend() == "tpu":
+      c.model.moe_impl = "gmm"  # megablox on TPU (as launch/tpu_pod.sh runs OLMoE); elsewhere the config's
     tried.append(f"{rows}x{micro}")
     state = batch = None
     try:
