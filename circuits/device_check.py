@@ -251,6 +251,6 @@ def markdown(res: dict) -> str:
                  f"| {r['tokens_per_s']:.0f} | {f(100 * r['mfu'], 1)}% | {f(100 * r['mfu_vs_measured_peak'], 1)}% "
                  f"| {f(r['compiled_gib'], 3)} | {f(r['device_peak_gib'], 3)} |")
   d = res["discovery"]
-  lines.append(f"| discovery pass, {d['model']} | N {d['n']} x T {d['seq_len']} | {f(d['s_per_revision'], 2)} s/revision "
-               f"| | | | | |")
+  lines.append(f"| discovery pass, {d['model']} | N {d['n']} x T {d['seq_len']} "
+               f"| {f(d['s_per_revision'], 2)} s/revision | | | | | |")
   return "\n".join(lines)
