@@ -34,7 +34,7 @@ def test_tpu_pod_dry_run_prints_every_command():
   assert "git clone --branch main https://example.org/circuits.git circuits" in install[install.index("--command") + 1]
   remote = train[train.index("--command") + 1]
   assert ("-m launch.train --config configs/study_1b.py:olmo --workdir gs://bucket/olmo --distributed "
-          "--config.train.steps=10") in remote
+          "--config.train.microbatches=16 --config.train.steps=10") in remote  # the extras last: they win
 
 
 def test_slurm_dry_run_prints_script_and_submit():
@@ -134,3 +134,49 @@ def test_train_cli_has_distributed_flags():
                       "--helpshort"], capture_output=True, text=True, cwd=ROOT, timeout=120)
   for f in ("--distributed", "--coordinator_address", "--num_processes", "--process_id"):
     assert f in r.stdout + r.stderr
+
+
+def _overrides(cmd: str) -> dict:
+  """The --config.a.b=v flags of a train command, as {"a.b": "v"}."""
+  return dict(w[len("--config."):].split("=", 1) for w in shlex.split(cmd) if w.startswith("--config."))
+
+
+@pytest.mark.parametrize("family", ["pythia", "olmo", "olmoe"])
+@pytest.mark.parametrize("script", ["tpu_pod.sh", "slurm_gpu.sh"])
+def test_dry_run_carries_1b_scale_settings(script, family):
+  """The 1B train command sets the microbatches for its mesh (1024 rows over the devices, 4 rows per device per
+  microbatch; OLMoE 2) and OLMoE's moe_impl (TPU: gmm, GPU: ragged); with those overrides the config validates
+  and keeps the configs' bf16 / remat full / loss_chunk 256."""
+  from circuits.train import config as C
+  from configs.study_1b import get_config
+
+  if script == "tpu_pod.sh":  # v4-64: 64 TensorCores = 32 jax devices
+    r = _sh(script, "--dry-run", "--name", "p", "--zone", "z", "--accelerator", "v4-64", "--family", family,
+            "--workdir", "gs://b/x", "--repo", "https://example.org/c.git")
+    train = shlex.split(r.stdout.strip().splitlines()[-1])
+    cmd, devices, impl = train[train.index("--command") + 1], 32, "gmm"
+  else:
+    r = _sh(script, "--dry-run", "--family", family, "--workdir", "/shared/x", "--nodes", "2", "--gpus-per-node", "8")
+    cmd, devices, impl = next(l for l in r.stdout.splitlines() if l.startswith("srun ")), 16, "ragged"
+  assert r.returncode == 0, r.stderr
+  ov = _overrides(cmd)
+  per = 2 if family == "olmoe" else 4
+  assert ov["train.microbatches"] == str(1024 // devices // per), cmd
+  assert ov.get("model.moe_impl") == (impl if family == "olmoe" else None), cmd
+  c = get_config(family)
+  c.train.microbatches = int(ov["train.microbatches"])
+  if "model.moe_impl" in ov:
+    c.model.moe_impl = ov["model.moe_impl"]
+  full, model = C.validate(c)
+  assert model.dtype == "bfloat16" and full.train.remat == "full" and full.train.loss_chunk == 256
+  assert full.train.batch_size // devices // full.train.microbatches == per
+  assert model.moe_impl == (impl if family == "olmoe" else "ragged")
+
+
+@pytest.mark.parametrize("script,args", [
+    ("tpu_pod.sh", ["--name", "p", "--zone", "z", "--accelerator", "v4-48", "--family", "olmo", "--workdir", "w",
+                    "--repo", "r"]),
+    ("slurm_gpu.sh", ["--family", "olmo", "--workdir", "w", "--nodes", "3", "--gpus-per-node", "8"])])
+def test_dry_run_refuses_a_mesh_that_does_not_split_the_batch(script, args):
+  r = _sh(script, "--dry-run", *args)
+  assert r.returncode == 2 and "cannot split the 1B configs' 1024 rows" in r.stderr, r.stderr

@@ -12,7 +12,7 @@ from circuits.errors import CircuitsError
 
 FAMILIES = ("pythia", "olmo", "olmoe")
 ATTENTION_KINDS = ("softmax", "softmax1", "sink_logit", "gated", "sigmoid")
-MOE_IMPLS = ("ragged", "dense")
+MOE_IMPLS = ("ragged", "gmm", "dense")
 # How attention is computed (the math is the same; circuits.models.attention): "exact" materialises the
 # [B, H, T, S] weights (discovery, captures, parity); "blockwise" is the pure-jnp online softmax (every backend,
 # no [T, S] array kept for the backward pass); "splash" the TPU Pallas kernel; "cudnn" the GPU cuDNN kernel;
@@ -51,7 +51,7 @@ class ModelConfig:
   norm_topk_prob: bool = False  # OLMoE: the selected gates are NOT renormalised
   router_aux_loss_coef: float = 0.01  # load-balancing loss coefficient
   router_z_loss_coef: float = 0.001
-  moe_impl: str = "ragged"  # "ragged" (sorted grouped matmul) or "dense" (every expert on every token)
+  moe_impl: str = "ragged"  # "ragged" (sort + ragged_dot), "gmm" (sort + megablox) or "dense" (circuits.models.moe)
   # attention variant (sink mitigations); "softmax" is the parity-tested default
   attention: str = "softmax"
   attention_impl: str = "exact"  # ATTENTION_IMPLS; captures, pattern sums and query-row calls always use exact

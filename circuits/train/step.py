@@ -13,6 +13,7 @@ is the rate of the update t -> t+1.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable
 
@@ -125,6 +126,13 @@ def combine_microbatch_aux(aux_m: dict) -> dict:
   return out
 
 
+def _batch_mesh(opts: StepOptions):
+  """The abstract mesh of a batch-splitting residual sharding as the active mesh (else no mesh)."""
+  if opts.residual_sharding is None:
+    return contextlib.nullcontext()
+  return jax.sharding.use_abstract_mesh(opts.residual_sharding.mesh.abstract_mesh)
+
+
 def make_grad_fn(graphdef, model_cfg: ModelConfig, opts: StepOptions) -> Callable:
   """`(params, batch) -> (total_loss, aux, grads)` of the whole batch: the step's loss and gradients.
 
@@ -144,13 +152,14 @@ def make_grad_fn(graphdef, model_cfg: ModelConfig, opts: StepOptions) -> Callabl
       kw = dict(segment_ids_BxT=batch["segment_ids_BxT"], positions_BxT=batch["positions_BxT"])
     kw.update(stats=opts.diagnostics, remat=opts.remat, residual_sharding=opts.residual_sharding)
     targets_BxT = batch["targets_BxT"]
-    if opts.loss_chunk:
-      out = model(batch["tokens_BxT"], hidden_only=True, **kw)
-      nll_BxT, lse_BxT = losses.cross_entropy(targets_BxT, hidden_BxTxD=out.hidden_BxTxD,
-                                              unembed_DxV=params["unembed"], chunk=opts.loss_chunk)
-    else:
-      out = model(batch["tokens_BxT"], **kw)
-      nll_BxT, lse_BxT = losses.cross_entropy(targets_BxT, out.logits_BxTxV)
+    with _batch_mesh(opts):  # MoE routes each device's tokens locally under it (circuits.models.moe)
+      if opts.loss_chunk:
+        out = model(batch["tokens_BxT"], hidden_only=True, **kw)
+        nll_BxT, lse_BxT = losses.cross_entropy(targets_BxT, hidden_BxTxD=out.hidden_BxTxD,
+                                                unembed_DxV=params["unembed"], chunk=opts.loss_chunk)
+      else:
+        out = model(batch["tokens_BxT"], **kw)
+        nll_BxT, lse_BxT = losses.cross_entropy(targets_BxT, out.logits_BxTxV)
     mask_BxT = batch["loss_mask_BxT"]
     ce = jnp.sum(nll_BxT * mask_BxT) / denom
     zl = jnp.sum(jnp.square(lse_BxT) * mask_BxT) / denom
