@@ -20,6 +20,8 @@ def main():
   ap.add_argument("--configs", default="pythia_1b,olmo_1b_0724,olmoe_1b_7b")
   ap.add_argument("--batch_size", type=int, default=0, help="override train.batch_size (0: the config's)")
   ap.add_argument("--no_diagnostics", action="store_true")
+  ap.add_argument("--moe_impl", default="gmm", help="MoE configs: the grouped matmul compiled (gmm: megablox, as on "
+                  "TPU, interpreted on CPU; ragged: jax.lax.ragged_dot, whose XLA:CPU lowering is dense)")
   args = ap.parse_args()
   if "jax" in sys.modules:
     raise RuntimeError("launch.memory_1b must set XLA_FLAGS before jax is imported; run it as a fresh process")
@@ -35,6 +37,8 @@ def main():
     if args.batch_size:
       c.train.batch_size = args.batch_size
     c.train.diagnostics = not args.no_diagnostics
+    if c.model.get("n_experts"):
+      c.model.moe_impl = args.moe_impl
     r = memory.compile_memory(c)
     rows.append((name, c.train.batch_size, c.data.seq_len, r))
     print(f"# {name}: compiled in {r['compile_s']:.0f} s", file=sys.stderr, flush=True)

@@ -48,12 +48,12 @@ def table(rows, devices: int, diagnostics: bool) -> str:
            f"for {devices} fake CPU devices with the memory-optimised scheduler; a proxy for a device's own "
            f"compiler, not a device measurement), measured {datetime.date.today().isoformat()}; diagnostics "
            f"{'on' if diagnostics else 'off'}\n",
-           "| config | params | global batch x T | mesh | microbatches | remat | attention | activations | "
+           "| config | params | global batch x T | mesh | microbatches | remat | attention | MoE | activations | "
            "arguments GiB | temp GiB | total GiB | compile s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for name, b, t, r in rows:
     mesh = "x".join(f"{k}{v}" for k, v in r["mesh"].items() if v > 1) or "1 device"
     lines.append(f"| {name} | {r['params'] / 1e9:.2f}B | {b} x {t} | {mesh} | {r['microbatches']} | {r['remat']} | "
-                 f"{r['attention_impl']} | {r['dtype']} | {r['argument_gib']:.2f} | {r['temp_gib']:.2f} | "
+                 f"{r['attention_impl']} | {r['moe_impl'] if 'olmoe' in name else '-'} | {r['dtype']} | {r['argument_gib']:.2f} | {r['temp_gib']:.2f} | "
                  f"{r['total_gib']:.2f} | {r['compile_s']:.0f} |")
   return "\n".join(lines)
