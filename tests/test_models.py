@@ -201,6 +201,34 @@ def test_capture_only_equals_full_forward(family_model, attention):
     model(tok, Capture(capture_only=True))
 
 
+def test_capture_is_a_jit_argument_and_validates():
+  """A Capture passed through jax.jit (arrays as leaves, flags static) gives the outputs of the same Capture
+  closed over, with mean ablation and pattern sums on random inputs; bad combinations and shapes are refused."""
+  cfg = tiny("olmo")
+  model = random_model(cfg, seed=5)
+  rng = np.random.default_rng(7)
+  tok, qp = tokens(cfg, b=3, t=10, seed=2), np.array([9, 3, 6], np.int32)
+  cap = Capture(stats=True, query_pos_B=qp, head_scale_LxH=rng.uniform(size=(2, 4)).astype(np.float32),
+                replace_mask_LxH=np.array([[True, False, False, True], [False, True, False, False]]),
+                head_replace_LxHxK=rng.normal(size=(2, 4, cfg.hd)).astype(np.float32),
+                patterns_BxPxTxS=(rng.uniform(size=(3, 2, 10, 10)) < 0.5).astype(np.float32))
+  graphdef, state = nnx.split(model)
+  arg = jax.jit(lambda st, c: nnx.merge(graphdef, st)(tok, c))(state, cap)
+  closed = jax.jit(lambda st: nnx.merge(graphdef, st)(tok, cap))(state)
+  assert len(jax.tree.leaves(cap)) == 5
+  for a, b in zip(jax.tree.leaves(arg), jax.tree.leaves(closed), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-6)
+  assert float(np.abs(np.asarray(arg.pattern_sums_BxLxPxH)).min()) > 0
+  with pytest.raises(ValueError, match="head_replace_LxHxK"):
+    model(tok, Capture(replace_mask_LxH=cap.replace_mask_LxH))
+  with pytest.raises(ValueError, match="head_scale_LxH has 1 layers"):
+    model(tok, Capture(head_scale_LxH=np.ones((1, 4), np.float32)))
+  with pytest.raises(ValueError, match="hidden_only"):
+    model(tok, Capture(query_pos_B=qp, capture_only=True, hidden_only=True))
+  with pytest.raises(TypeError, match="Capture"):
+    model(tok, {"stats": True})
+
+
 def test_head_scale_zero_equals_zeroed_weights(family_model):
   """head_scale_LxH = 0 for one head == zeroing that head's slice of the output projection."""
   cfg, model = family_model
