@@ -145,11 +145,12 @@ for png in sorted(out.glob("*.png"))[:3]:
 import numpy as np, matplotlib.pyplot as plt
 from circuits.discovery import revisions
 from circuits.data.probes import ProbeBatch
+from circuits.models import Capture
 rev = sorted(revisions.from_run(str(p.run(FAMILY))), key=lambda r: r.step)[-1]
 cfg_m, model = rev.load()
 z = np.load(p.probes / "combined.npz")
 tok, q, ab = z["tokens_NxT"][:4], z["query_pos_N"][:4], z["ab_N"][:4]
-rows = np.asarray(model(tok, query_pos_B=q).rows_BxLxHxS)        # [N, L, H, S]
+rows = np.asarray(model(tok, Capture(query_pos_B=q)).rows_BxLxHxS)  # [N, L, H, S]
 if HEADS:
   heads = [tuple(int(x) for x in h.split(":")) for h in HEADS.split(",")]
 else:

@@ -18,7 +18,7 @@ from flax import nnx
 from jax.ad_checkpoint import print_saved_residuals
 
 from circuits import diagnostics as D
-from circuits.models import ModelConfig, build_model
+from circuits.models import Capture, ModelConfig, build_model
 from circuits.models import attention as A
 from circuits.models import blockwise as BW
 from circuits.models import kernels
@@ -138,7 +138,7 @@ def _loss_grads_stats(cfg, tokens, seg=None, **call):
   kw = {} if seg is None else dict(segment_ids_BxT=seg)
 
   def loss(p):
-    out = nnx.merge(graphdef, p)(tokens, stats=True, **kw, **call)
+    out = nnx.merge(graphdef, p)(tokens, Capture(stats=True, **call), **kw)
     lg = out.logits_BxTxV
     ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(lg), tokens[..., None], -1))
     return ce, (lg, out.attn_stats)
@@ -174,8 +174,8 @@ def test_captures_and_ablations_with_blockwise():
   scale = jnp.asarray(np.random.default_rng(2).uniform(size=(1, 4)), jnp.float32)
   repl_mask = jnp.array([[True, False, True, False]])
   repl = jnp.asarray(np.random.default_rng(3).normal(size=(1, 4, 8)), jnp.float32)
-  kw = dict(head_scale_LxH=scale, replace_mask_LxH=repl_mask, head_replace_LxHxK=repl)
-  run = nnx.jit(lambda m: (m(tokens, query_pos_B=qp).rows_BxLxHxS, m(tokens, **kw).logits_BxTxV))
+  ablate = Capture(head_scale_LxH=scale, replace_mask_LxH=repl_mask, head_replace_LxHxK=repl)
+  run = nnx.jit(lambda m: (m(tokens, Capture(query_pos_B=qp)).rows_BxLxHxS, m(tokens, ablate).logits_BxTxV))
   (r1, l1), (r2, l2) = run(ex), run(bw)
   np.testing.assert_allclose(np.asarray(r1), np.asarray(r2), rtol=1e-6, atol=1e-7)
   assert rel(l1, l2) <= 1e-5
@@ -190,7 +190,7 @@ def test_no_ts_residual_in_backward():
   def ts_residuals(cfg):
     model = build_model(cfg, rngs=0)
     graphdef, params = nnx.split(model, nnx.Param)
-    f = lambda p: jnp.sum(nnx.merge(graphdef, p)(tokens, stats=True).logits_BxTxV)
+    f = lambda p: jnp.sum(nnx.merge(graphdef, p)(tokens, Capture(stats=True)).logits_BxTxV)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
       print_saved_residuals(f, params)

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from circuits.convert import model_from_params
-from circuits.models import ModelConfig, build_model
+from circuits.models import Capture, ModelConfig, build_model
 from configs.families import family_config
 
 FAMILIES = ("pythia", "olmo", "olmoe")
@@ -82,7 +82,7 @@ def random_model(cfg, seed=0, std=0.2):
 @nnx.jit
 def _fwd(model, tokens_BxT, query_B, scale_LxH):
   """One jitted forward (stats, rows at query_B, head scales) shared by the tests: few compiles."""
-  return model(tokens_BxT, stats=True, query_pos_B=query_B, head_scale_LxH=scale_LxH)
+  return model(tokens_BxT, Capture(stats=True, query_pos_B=query_B, head_scale_LxH=scale_LxH))
 
 
 def fwd(model, tok, query_B=None, scale_LxH=None):
@@ -144,7 +144,7 @@ def test_jit_matches_eager(family_model):
   cfg, model = family_model
   tok, qp = tokens(cfg), np.array([9, 4, 0])
   scale = np.ones((cfg.n_layers, cfg.n_heads), np.float32)
-  eager = model(tok, stats=True, query_pos_B=qp, head_scale_LxH=scale)
+  eager = model(tok, Capture(stats=True, query_pos_B=qp, head_scale_LxH=scale))
   jitted = fwd(model, tok, qp, scale)
   for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
@@ -191,14 +191,42 @@ def test_capture_only_equals_full_forward(family_model, attention):
   graphdef, state = nnx.split(model)
   full, only = jax.jit(lambda st, tk, q: tuple(
       (lambda o: (o.rows_BxLxHxS, o.z_BxLxHxK, o.logits_BxTxV))(
-          nnx.merge(graphdef, st)(tk, query_pos_B=q, capture_only=c)) for c in (False, True)))(state, tok, qp)
+          nnx.merge(graphdef, st)(tk, Capture(query_pos_B=q, capture_only=c))) for c in (False, True)))(state, tok, qp)
   assert only[2] is None
   for a, b, name in zip(full[:2], only[:2], ("rows", "z")):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5, err_msg=name)
   with pytest.raises(ValueError, match="capture_only"):
-    model(tok, query_pos_B=qp, stats=True, capture_only=True)
+    model(tok, Capture(query_pos_B=qp, stats=True, capture_only=True))
   with pytest.raises(ValueError, match="query_pos_B"):
-    model(tok, capture_only=True)
+    model(tok, Capture(capture_only=True))
+
+
+def test_capture_is_a_jit_argument_and_validates():
+  """A Capture passed through jax.jit (arrays as leaves, flags static) gives the outputs of the same Capture
+  closed over, with mean ablation and pattern sums on random inputs; bad combinations and shapes are refused."""
+  cfg = tiny("olmo")
+  model = random_model(cfg, seed=5)
+  rng = np.random.default_rng(7)
+  tok, qp = tokens(cfg, b=3, t=10, seed=2), np.array([9, 3, 6], np.int32)
+  cap = Capture(stats=True, query_pos_B=qp, head_scale_LxH=rng.uniform(size=(2, 4)).astype(np.float32),
+                replace_mask_LxH=np.array([[True, False, False, True], [False, True, False, False]]),
+                head_replace_LxHxK=rng.normal(size=(2, 4, cfg.hd)).astype(np.float32),
+                patterns_BxPxTxS=(rng.uniform(size=(3, 2, 10, 10)) < 0.5).astype(np.float32))
+  graphdef, state = nnx.split(model)
+  arg = jax.jit(lambda st, c: nnx.merge(graphdef, st)(tok, c))(state, cap)
+  closed = jax.jit(lambda st: nnx.merge(graphdef, st)(tok, cap))(state)
+  assert len(jax.tree.leaves(cap)) == 5
+  for a, b in zip(jax.tree.leaves(arg), jax.tree.leaves(closed), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-6)
+  assert float(np.abs(np.asarray(arg.pattern_sums_BxLxPxH)).min()) > 0
+  with pytest.raises(ValueError, match="head_replace_LxHxK"):
+    model(tok, Capture(replace_mask_LxH=cap.replace_mask_LxH))
+  with pytest.raises(ValueError, match="head_scale_LxH has 1 layers"):
+    model(tok, Capture(head_scale_LxH=np.ones((1, 4), np.float32)))
+  with pytest.raises(ValueError, match="hidden_only"):
+    model(tok, Capture(query_pos_B=qp, capture_only=True, hidden_only=True))
+  with pytest.raises(TypeError, match="Capture"):
+    model(tok, {"stats": True})
 
 
 def test_head_scale_zero_equals_zeroed_weights(family_model):

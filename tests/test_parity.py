@@ -12,6 +12,7 @@ from flax import nnx
 
 from circuits.convert import from_hf, load_hf
 from circuits.convert import fixtures as fx
+from circuits.models import Capture
 
 B, T = 2, 12
 LOGIT_TOL, ATTN_TOL = 1e-4, 1e-5
@@ -19,7 +20,7 @@ LOGIT_TOL, ATTN_TOL = 1e-4, 1e-5
 
 @nnx.jit
 def _forward(model, tokens_NxT, query_N):
-  out = model(tokens_NxT, query_pos_B=query_N)
+  out = model(tokens_NxT, Capture(query_pos_B=query_N))
   return out.logits_BxTxV, out.rows_BxLxHxS
 
 

@@ -36,13 +36,13 @@ def _loss_and_grad(model_cfg, stats: bool):
   import optax
   from flax import nnx
 
-  from circuits.models import build_model
+  from circuits.models import Capture, build_model
 
   model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
   graphdef, params = nnx.split(model, nnx.Param)
 
   def loss_fn(p, tokens_BxT, targets_BxT):
-    out = nnx.merge(graphdef, p)(tokens_BxT, stats=stats)
+    out = nnx.merge(graphdef, p)(tokens_BxT, Capture(stats=stats))
     loss = optax.softmax_cross_entropy_with_integer_labels(out.logits_BxTxV, targets_BxT).mean()
     return loss, out.attn_stats
 

@@ -27,6 +27,7 @@ def parity(name: str, root: Path, *, seed: int = 0, batch: int = 2, seq_len: int
 
   from circuits.convert import fixtures as fx
   from circuits.convert import from_hf
+  from circuits.models import Capture
 
   path = fx.make_hf_dir(Path(root) / name, name, seed=seed)
   hf = fx.load_hf_model(path)
@@ -37,7 +38,7 @@ def parity(name: str, root: Path, *, seed: int = 0, batch: int = 2, seq_len: int
   # one call: example b*T + q asks for query position q of example b
   tiled_NxT = np.repeat(tokens_BxT, seq_len, axis=0)
   query_N = np.tile(np.arange(seq_len), batch)
-  out = nnx.jit(lambda m, t, q: m(t, query_pos_B=q))(model, tiled_NxT, query_N)
+  out = nnx.jit(lambda m, t, q: m(t, Capture(query_pos_B=q)))(model, tiled_NxT, query_N)
   rows_BxTxLxHxS = np.asarray(out.rows_BxLxHxS).reshape(batch, seq_len, *out.rows_BxLxHxS.shape[1:])
   ref_BxTxLxHxS = attn_LxBxHxTxS.transpose(1, 3, 0, 2, 4)
   d_attn = float(np.abs(rows_BxTxLxHxS - ref_BxTxLxHxS).max())

@@ -32,6 +32,7 @@ from flax import nnx
 
 from circuits import losses
 from circuits.discovery.measure import as_probe, chunk_mesh, pad_rows, replicate
+from circuits.models import Capture
 
 NAN = float("nan")
 
@@ -40,7 +41,7 @@ NAN = float("nan")
 def _eval_chunk(graphdef, state, tokens_BxT, qpos_B, target_B, valid_B, scale_LxH, replace_LxHxK, mask_LxH):
   """Sums over valid examples of top1, top5, loss, target logit at the query (one compile for all)."""
   model = nnx.merge(graphdef, state)
-  out = model(tokens_BxT, head_scale_LxH=scale_LxH, head_replace_LxHxK=replace_LxHxK, replace_mask_LxH=mask_LxH)
+  out = model(tokens_BxT, Capture(head_scale_LxH=scale_LxH, head_replace_LxHxK=replace_LxHxK, replace_mask_LxH=mask_LxH))
   b = tokens_BxT.shape[0]
   logits_BxV = out.logits_BxTxV[jnp.arange(b), qpos_B].astype(jnp.float32)
   tl_B = logits_BxV[jnp.arange(b), target_B]
@@ -53,7 +54,7 @@ def _eval_chunk(graphdef, state, tokens_BxT, qpos_B, target_B, valid_B, scale_Lx
 @functools.partial(jax.jit, static_argnums=(0,))
 def _z_chunk(graphdef, state, tokens_BxT, qpos_B, valid_B):
   model = nnx.merge(graphdef, state)
-  z = model(tokens_BxT, query_pos_B=qpos_B).z_BxLxHxK
+  z = model(tokens_BxT, Capture(query_pos_B=qpos_B)).z_BxLxHxK
   return jnp.sum(z * valid_B[:, None, None, None], axis=0)
 
 

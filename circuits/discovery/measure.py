@@ -43,6 +43,7 @@ import pandas as pd
 from flax import nnx
 
 from circuits import diagnostics as D
+from circuits.models import Capture
 
 NAN = float("nan")
 
@@ -126,7 +127,7 @@ def _capture_scan(graphdef, keep_rows: bool, per_chunk: bool, state, tokens_CxBx
 
   def chunk(acc, xs):
     tokens_BxT, qpos_B, valid_B, ab_B, null_BxD = xs
-    out = model(tokens_BxT, query_pos_B=qpos_B, capture_only=True)
+    out = model(tokens_BxT, Capture(query_pos_B=qpos_B, capture_only=True))
     rows = out.rows_BxLxHxS.astype(jnp.float32) * valid_B[:, None, None, None]
     sums = D.selectivity_sums(rows, ab_B, base_P, null_BxD)
     if per_chunk:
@@ -161,7 +162,7 @@ def _detect_chunk(graphdef, state, tokens_BxT, exclude_bos, exclude_current, gu_
   op (one forward pass, no pattern leaves it): [B, L, 5, H]."""
   masks_BxPxTxS = D.detector_masks(tokens_BxT, exclude_bos, exclude_current, gu_k)
   model = nnx.merge(graphdef, state)
-  return model(tokens_BxT, patterns_BxPxTxS=masks_BxPxTxS).pattern_sums_BxLxPxH
+  return model(tokens_BxT, Capture(patterns_BxPxTxS=masks_BxPxTxS)).pattern_sums_BxLxPxH
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -173,7 +174,7 @@ def _loss_chunk(graphdef, state, tokens_BxT):
 @functools.partial(jax.jit, static_argnums=(0,))
 def _aux_chunk(graphdef, state, tokens_BxT):
   model = nnx.merge(graphdef, state)
-  out = model(tokens_BxT, extremes=True)
+  out = model(tokens_BxT, Capture(extremes=True))
   return out.extremes, out.moe
 
 

@@ -3,11 +3,13 @@
     from circuits.models import ModelConfig, build_model
     model = build_model(ModelConfig(family="olmo", ...), rngs=nnx.Rngs(0))
     out = model(tokens_BxT)            # out.logits_BxTxV
+    out = model(tokens_BxT, Capture(stats=True, query_pos_B=q_B))  # + attn_stats, rows_BxLxHxS, z_BxLxHxK
 """
 
 from flax import nnx
 
 from circuits.models import olmo, olmoe, pythia
+from circuits.models.attention import Capture
 from circuits.models.config import ConfigError, ModelConfig
 from circuits.models.lm import LM, ModelOutput
 
@@ -26,4 +28,4 @@ def build_model(cfg: ModelConfig, rngs: nnx.Rngs | int = 0) -> LM:
   return FAMILY_BUILDERS[cfg.family](cfg, rngs)
 
 
-__all__ = ["ConfigError", "LM", "ModelConfig", "ModelOutput", "build_model"]
+__all__ = ["Capture", "ConfigError", "LM", "ModelConfig", "ModelOutput", "build_model"]

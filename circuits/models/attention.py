@@ -22,7 +22,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 from jax.ad_checkpoint import checkpoint_name
 
 from circuits import diagnostics
@@ -43,6 +43,60 @@ class Probe:
   replace_mask_H: jax.Array | None = None  # ... is True (e.g. mean ablation), at every position
   patterns_BxPxTxS: jax.Array | None = None  # 0/1 key patterns: return sum_{t,s} A * pattern per example
   impl: str | None = None  # override model.attention_impl for this call (captures force "exact" anyway)
+
+
+@struct.dataclass
+class Capture:
+  """What one model call (`LM.__call__`) captures or changes; `layer(i)` is layer i's `Probe`. All optional.
+
+  stats: per-head reductions of the attention probabilities, [L, H] each (ModelOutput.attn_stats).
+  extremes: residual-stream extremes and value-vector norms per layer (ModelOutput.extremes).
+  query_pos_B: capture each example's attention row and z at this query (ModelOutput.rows_BxLxHxS, z_BxLxHxK).
+  patterns_BxPxTxS: 0/1 key patterns whose attention mass sum_{t,s} A[t, s] * pattern[t, s] is returned per
+    example, layer, pattern and head (ModelOutput.pattern_sums_BxLxPxH).
+  head_scale_LxH: multiplies each head's pre-output-projection vector z (0 is zero ablation).
+  replace_mask_LxH, head_replace_LxHxK: z of the masked heads is head_replace_LxHxK at every position (mean
+    ablation). Captured z is taken before its own layer's ablation.
+  capture_only: return only the captures at query_pos_B (rows and z; logits None) and compute no more than
+    they need: the last layer's attention at the query rows alone, no last MLP, no unembedding.
+  hidden_only: return the final-normed hidden states instead of the logits (for circuits.losses' chunked
+    cross-entropy, which forms the logits a chunk at a time).
+  A pytree (the arrays are leaves, the flags static), so it can be an argument of a jitted function.
+  """
+  stats: bool = struct.field(pytree_node=False, default=False)
+  extremes: bool = struct.field(pytree_node=False, default=False)
+  query_pos_B: jax.Array | None = None
+  patterns_BxPxTxS: jax.Array | None = None
+  head_scale_LxH: jax.Array | None = None
+  head_replace_LxHxK: jax.Array | None = None
+  replace_mask_LxH: jax.Array | None = None
+  capture_only: bool = struct.field(pytree_node=False, default=False)
+  hidden_only: bool = struct.field(pytree_node=False, default=False)
+
+  def validate(self, n_layers: int) -> None:
+    """Raise ValueError on a combination the model cannot honour (see the class docstring)."""
+    if self.capture_only and (self.query_pos_B is None or self.stats or self.extremes
+                              or self.patterns_BxPxTxS is not None):
+      raise ValueError("capture_only computes the query rows of the last layer only: it needs query_pos_B "
+                       "and returns no stats, extremes or pattern sums (ask for those without capture_only)")
+    if self.capture_only and self.hidden_only:
+      raise ValueError("capture_only returns no hidden states (the last layer stops at the query rows): "
+                       "ask for hidden_only in a separate call")
+    if (self.replace_mask_LxH is None) != (self.head_replace_LxHxK is None):
+      raise ValueError("replace_mask_LxH and head_replace_LxHxK go together (the heads to replace and what "
+                       "replaces their z): give both or neither")
+    for name in ("head_scale_LxH", "head_replace_LxHxK", "replace_mask_LxH"):
+      a = getattr(self, name)
+      if a is not None and jnp.shape(a)[0] != n_layers:
+        raise ValueError(f"{name} has {jnp.shape(a)[0]} layers, the model {n_layers}: give one row per layer")
+
+  def layer(self, i: int, impl: str | None = None) -> Probe:
+    """Layer i's `Probe` (the per-layer rows of the [L, ...] arrays); impl overrides model.attention_impl."""
+    row = lambda a: None if a is None else a[i]
+    return Probe(stats=self.stats, extremes=self.extremes, query_pos_B=self.query_pos_B,
+                 patterns_BxPxTxS=self.patterns_BxPxTxS, head_scale_H=row(self.head_scale_LxH),
+                 head_replace_HxK=row(self.head_replace_LxHxK), replace_mask_H=row(self.replace_mask_LxH),
+                 impl=impl)
 
 
 def causal_mask(positions_BxT, segment_ids_BxT=None):

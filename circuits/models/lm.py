@@ -15,7 +15,7 @@ from flax import nnx, struct
 
 from circuits.models import layers as L
 from circuits.models import remat as remat_lib
-from circuits.models.attention import Probe
+from circuits.models.attention import Capture
 from circuits.models.config import ModelConfig
 
 
@@ -46,22 +46,14 @@ class LM(nnx.Module):
     self.unembed = L.param(rngs, (cfg.d_model, cfg.vocab_size), (L.EMBED, L.VOCAB), std=cfg.init_std,
                            dtype=cfg.param_dtype)
 
-  def __call__(self, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None, stats: bool = False,
-               query_pos_B=None, head_scale_LxH=None, head_replace_LxHxK=None, replace_mask_LxH=None,
-               extremes: bool = False, patterns_BxPxTxS=None, capture_only: bool = False, remat: str = "none",
-               hidden_only: bool = False, residual_sharding=None, attention_impl: str | None = None) -> ModelOutput:
-    """Logits, and on request per-head statistics, query-row captures and head ablations.
+  def __call__(self, tokens_BxT, capture: Capture = Capture(), *, positions_BxT=None, segment_ids_BxT=None,
+               remat: str = "none", residual_sharding=None, attention_impl: str | None = None) -> ModelOutput:
+    """Logits, and what `capture` asks for: per-head statistics, query-row captures, head ablations, ...
 
+    capture: a `circuits.models.attention.Capture` (what the call captures or changes; see its docstring).
     segment_ids_BxT: when given, attention is masked between packed documents (positions should then
-    restart per document). head_scale_LxH multiplies each head's pre-output-projection vector z (0 is
-    zero ablation); replace_mask_LxH swaps z for head_replace_LxHxK at every position (mean ablation).
-    Captured z is taken before its own layer's ablation. patterns_BxPxTxS: 0/1 key patterns whose attention
-    mass sum_{t,s} A[t, s] * pattern[t, s] is returned per example, layer, pattern and head.
-    capture_only: return only the captures at query_pos_B (rows and z; logits None) and compute no more
-    than they need: the last layer's attention at the query rows alone, no last MLP, no unembedding.
+    restart per document).
     remat: a circuits.models.remat policy name; each block call is wrapped in nnx.remat with it ("none": not).
-    hidden_only: return the final-normed hidden states instead of the logits (for circuits.losses'
-    chunked cross-entropy, which forms the logits a chunk at a time).
     residual_sharding: a sharding of the [B, T, D] residual stream (the trainer's: batch over the data axes),
     imposed after the embedding and after every block; without it GSPMD may replicate activations across
     the fsdp axis to contract with fsdp-sharded weights (measured: 4x the per-device temp at 1B).
@@ -69,9 +61,10 @@ class LM(nnx.Module):
     use the exact attention: they read its weights).
     """
     cfg = self.cfg
-    if capture_only and (query_pos_B is None or stats or extremes or patterns_BxPxTxS is not None):
-      raise ValueError("capture_only computes the query rows of the last layer only: it needs query_pos_B "
-                       "and returns no stats, extremes or pattern sums (ask for those without capture_only)")
+    if not isinstance(capture, Capture):
+      raise TypeError(f"capture must be a circuits.models.Capture (got {type(capture).__name__}); e.g. "
+                      "model(tokens_BxT, Capture(stats=True, query_pos_B=q_B))")
+    capture.validate(cfg.n_layers)
     b, t = tokens_BxT.shape
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -80,12 +73,8 @@ class LM(nnx.Module):
     attn_aux, moe_aux, ext = [], [], []
     policy = remat_lib.policy(remat)
     for i, block in enumerate(self.blocks):
-      probe = Probe(
-          stats=stats, extremes=extremes, query_pos_B=query_pos_B, patterns_BxPxTxS=patterns_BxPxTxS,
-          head_scale_H=None if head_scale_LxH is None else head_scale_LxH[i],
-          head_replace_HxK=None if head_replace_LxHxK is None else head_replace_LxHxK[i],
-          replace_mask_H=None if replace_mask_LxH is None else replace_mask_LxH[i], impl=attention_impl)
-      if capture_only and i == cfg.n_layers - 1:  # every family's block opens with attn(ln1(x))
+      probe = capture.layer(i, attention_impl)
+      if capture.capture_only and i == cfg.n_layers - 1:  # every family's block opens with attn(ln1(x))
         _, a_aux = block.attn(block.ln1(x_BxTxD), positions_BxT, segment_ids_BxT,
                               dataclasses.replace(probe, query_rows_only=True))
         attn_aux.append(a_aux)
@@ -98,28 +87,28 @@ class LM(nnx.Module):
       attn_aux.append(a_aux)
       if m_aux is not None:
         moe_aux.append(m_aux)
-      if extremes:
+      if capture.extremes:
         ax = jnp.abs(x_BxTxD.astype(jnp.float32))
         ext.append({"resid_absmax_L": ax.max(), "resid_absmedian_L": jnp.median(ax),
                     "v_norm_first_LxG": a_aux["v_norm_first_G"], "v_norm_mean_LxG": a_aux["v_norm_mean_G"]})
     out: dict[str, Any] = {"logits_BxTxV": None}
-    if hidden_only:
+    if capture.hidden_only:
       out["hidden_BxTxD"] = self.final_norm(x_BxTxD)
-    elif not capture_only:
+    elif not capture.capture_only:
       logits_BxTxV = self.final_norm(x_BxTxD) @ self.unembed[...].astype(x_BxTxD.dtype)
       out["logits_BxTxV"] = logits_BxTxV.astype(jnp.float32)
-    if stats:
+    if capture.stats:
       out["attn_stats"] = _stack([a["stats"] for a in attn_aux])
-    if query_pos_B is not None:
+    if capture.query_pos_B is not None:
       out["rows_BxLxHxS"] = jnp.stack([a["rows_BxHxS"] for a in attn_aux], axis=1)
       out["z_BxLxHxK"] = jnp.stack([a["z_BxHxK"] for a in attn_aux], axis=1)
-    if patterns_BxPxTxS is not None:
+    if capture.patterns_BxPxTxS is not None:
       out["pattern_sums_BxLxPxH"] = jnp.stack([a["pattern_sums_BxPxH"] for a in attn_aux], axis=1)
     if moe_aux:
       m = _stack(moe_aux)
       out["moe"] = {"load_LxE": m["load"], "imbalance_L": m["imbalance"],
                     "router_entropy_L": m["router_entropy"], "lb_loss_L": m["lb_loss"],
                     "z_loss_L": m["z_loss"], "topk_idx_LxNxK": m["topk_idx_NxK"]}
-    if extremes:
+    if capture.extremes:
       out["extremes"] = _stack(ext)
     return ModelOutput(**out)

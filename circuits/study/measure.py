@@ -70,6 +70,7 @@ def job_metrics(study, p: Paths, family: str, progress: bool = True) -> dict:
 
   from circuits import diagnostics, losses
   from circuits.discovery import revisions
+  from circuits.models import Capture
 
   revs = sorted(revisions.from_run(str(p.run(family))), key=lambda r: r.step)
   path = p.metrics(family)
@@ -99,12 +100,12 @@ def job_metrics(study, p: Paths, family: str, progress: bool = True) -> dict:
   @functools.partial(jax.jit, static_argnums=(0,))
   def measure(graphdef, state):
     model = nnx.merge(graphdef, state)
-    out = model(jnp.asarray(inp), stats=True)
+    out = model(jnp.asarray(inp), Capture(stats=True))
     ce, _ = losses.cross_entropy(jnp.asarray(tgt), out.logits_BxTxV)
     res = {k: jnp.mean(jnp.sum(ce * mk, 1) / jnp.maximum(jnp.sum(mk, 1), 1.0)) for k, mk in masks.items()}
     res["first_mass"] = out.attn_stats["first_mass"]
     q = jnp.asarray(comb.query_pos_N)
-    o2 = model(jnp.asarray(comb.tokens_NxT), query_pos_B=q)
+    o2 = model(jnp.asarray(comb.tokens_NxT), Capture(query_pos_B=q))
     rows_NxLxHxS = o2.rows_BxLxHxS
     ind_Nx1 = diagnostics.class_targets(jnp.asarray(comb.ab_N), rows_NxLxHxS.shape[-1])["induction"]
     res["induction_attention"] = diagnostics.row_mass(rows_NxLxHxS, ind_Nx1)

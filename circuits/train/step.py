@@ -24,7 +24,7 @@ import optax
 from flax import nnx
 
 from circuits import diagnostics, losses
-from circuits.models import ModelConfig, build_model
+from circuits.models import Capture, ModelConfig, build_model
 
 PROBE_SEL = ("sel_induction", "sel_previous", "sel_first", "sel_induction_uniform", "sel_previous_uniform",
              "sel_first_uniform")
@@ -150,16 +150,16 @@ def make_grad_fn(graphdef, model_cfg: ModelConfig, opts: StepOptions) -> Callabl
     kw = {}
     if opts.segment_mask:
       kw = dict(segment_ids_BxT=batch["segment_ids_BxT"], positions_BxT=batch["positions_BxT"])
-    kw.update(stats=opts.diagnostics, remat=opts.remat, residual_sharding=opts.residual_sharding)
+    kw.update(remat=opts.remat, residual_sharding=opts.residual_sharding)
+    capture = Capture(stats=opts.diagnostics, hidden_only=bool(opts.loss_chunk))
     targets_BxT = batch["targets_BxT"]
     with _batch_mesh(opts):  # MoE routes each device's tokens locally under it (circuits.models.moe)
-      if opts.loss_chunk:
-        out = model(batch["tokens_BxT"], hidden_only=True, **kw)
-        nll_BxT, lse_BxT = losses.cross_entropy(targets_BxT, hidden_BxTxD=out.hidden_BxTxD,
-                                                unembed_DxV=params["unembed"], chunk=opts.loss_chunk)
-      else:
-        out = model(batch["tokens_BxT"], **kw)
-        nll_BxT, lse_BxT = losses.cross_entropy(targets_BxT, out.logits_BxTxV)
+      out = model(batch["tokens_BxT"], capture, **kw)
+    if opts.loss_chunk:
+      nll_BxT, lse_BxT = losses.cross_entropy(targets_BxT, hidden_BxTxD=out.hidden_BxTxD,
+                                              unembed_DxV=params["unembed"], chunk=opts.loss_chunk)
+    else:
+      nll_BxT, lse_BxT = losses.cross_entropy(targets_BxT, out.logits_BxTxV)
     mask_BxT = batch["loss_mask_BxT"]
     ce = jnp.sum(nll_BxT * mask_BxT) / denom
     zl = jnp.sum(jnp.square(lse_BxT) * mask_BxT) / denom
@@ -208,7 +208,7 @@ def make_step(graphdef, model_cfg: ModelConfig, tx, schedule: optax.Schedule, op
     tokens_NxT = probe["tokens_NxT"]
     n, t = tokens_NxT.shape
     # captures only: the last layer at the query row, no last MLP and no unembedding (the probe needs no logits)
-    out = model(tokens_NxT, query_pos_B=jnp.full((n,), t - 1, jnp.int32), capture_only=True)
+    out = model(tokens_NxT, Capture(query_pos_B=jnp.full((n,), t - 1, jnp.int32), capture_only=True))
     sel = diagnostics.selectivity(out.rows_BxLxHxS, probe["ab_N"], probe["baseline_P"], t - 1)
     res = {k: sel[k] for k in PROBE_SEL}
     res.update(diagnostics.participation_ratio(out.z_BxLxHxK))
