@@ -205,15 +205,15 @@ def test_no_ts_residual_in_backward():
 def test_memory_grows_linearly_in_T():
   """XLA temp memory of a 1-layer model's value_and_grad step (abstract compile, memory-optimized CPU
   scheduler, in a subprocess): blockwise grows ~linearly (each doubling of T < 2.5x, no HLO shape with two
-  dims of length T), exact ~quadratically (> 3x from 2048 to 4096)."""
+  dims of length T), exact ~quadratically (> 3x from 1024 to 2048)."""
   from circuits.bench import attention as bench_attention
 
   rows = bench_attention.memory_rows_subprocess((1024, 2048, 4096, 8192), ("blockwise",))
-  rows += bench_attention.memory_rows_subprocess((2048, 4096), ("exact",))
+  rows += bench_attention.memory_rows_subprocess((1024, 2048), ("exact",))
   temp = {(r["impl"], r["seq_len"]): r["temp_bytes"] for r in rows}
   for t in (1024, 2048, 4096):
     assert temp[("blockwise", 2 * t)] / temp[("blockwise", t)] < 2.5, temp
-  assert temp[("exact", 4096)] / temp[("exact", 2048)] > 3.0, temp
+  assert temp[("exact", 2048)] / temp[("exact", 1024)] > 3.0, temp  # measured 3.4
   assert all(not r["ts_shapes"] for r in rows if r["impl"] == "blockwise")
 
 

@@ -1,7 +1,7 @@
 """Sharding on 8 fake CPU devices (a subprocess: XLA_FLAGS must precede the jax import).
 
-5 steps per family (one test and subprocess each) on 1 device and on (data, fsdp, tensor) = (8,1,1),
-(2,4,1), (2,2,2): losses equal within 1e-5, params within 1e-4. Then a reduced config's step is compiled from abstract inputs on an fsdp=8 mesh
+5 steps per family (one test and subprocess each) on 1 device and on one (data, fsdp, tensor) mesh per
+family: Pythia (2,2,2), OLMo (8,1,1), OLMoE (2,4,1): losses equal within 1e-5, params within 1e-4. Then a reduced config's step is compiled from abstract inputs on an fsdp=8 mesh
 (launch/memory_1b.py does the 1B configs) and reports memory.
 """
 
@@ -22,7 +22,9 @@ from configs.families import family_config
 from circuits.train import setup
 from circuits.train.data import SyntheticRepeatSource
 assert len(jax.devices()) == 8
-MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2)]
+# each family: the 1-device reference and one mesh, the three mesh kinds spread over the families (the
+# sharding rules are the same code for every family; a fourth compile per family cost 25-35 s of suite time)
+MESHES = [(1, 1, 1), {"pythia": (2, 2, 2), "olmo": (8, 1, 1), "olmoe": (2, 4, 1)}[sys.argv[1]]]
 out = {}
 for fam in sys.argv[1:2]:
   runs = []
@@ -74,7 +76,7 @@ def test_meshes_agree_and_abstract_compile(fam):
                      timeout=600)
   assert p.returncode == 0, p.stderr[-4000:]
   out = json.loads(p.stdout.split("RESULT ", 1)[1])
-  assert len(out[fam]) == 4
+  assert len(out[fam]) == 2
   for r in out[fam]:
     assert r["dloss"] <= 1e-5 and r["dparam"] <= 1e-4, (fam, r)
     assert r["dsel"] <= 1e-3, (fam, r)

@@ -26,11 +26,11 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from absl import logging
 import pandas as pd
 
 from circuits.discovery import ablate as ablate_lib
@@ -224,7 +224,8 @@ def sweep(revs: Sequence, out, *, probe=None, natural=None, cfg: SweepConfig = S
         done.append(rev.name)
       except Exception as e:  # pylint: disable=broad-except
         failures.append((rev, e))
-        print(f"sweep: revision {rev.name} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        # a log line (the binaries show warnings with --verbosity=0); the SweepError at the end names them all
+        logging.warning("sweep: revision %s failed: %s: %s", rev.name, type(e).__name__, e)
         if _disk_full(e):
           break  # every later write would fail too
       finally:
