@@ -62,13 +62,15 @@ def run_dir(tmp_path_factory, env):
 
 @pytest.fixture
 def damaged(run_dir, tmp_path):
-  """A fresh copy of run_dir whose latest checkpoint has every array file cut to half (params and optimizer)."""
+  """A fresh copy of run_dir whose latest checkpoint has every array file cut to 16 bytes (params and optimizer).
+  Cutting to half was flaky for discovery, which reads the params only: the async save may put them all in a
+  file's first half."""
   w = tmp_path / "damaged"
   shutil.copytree(run_dir, w)
   for f in data_files(w / "checkpoints" / str(STEPS)):
     if os.path.getsize(f) > 1024:
       with open(f, "r+b") as fh:
-        fh.truncate(os.path.getsize(f) // 2)
+        fh.truncate(16)
   return w
 
 

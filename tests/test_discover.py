@@ -235,7 +235,8 @@ def test_failed_revision_and_full_disk_leave_files_consistent(tmp_path, monkeypa
   assert T.completed_revisions(out) == ["step1", "step256"] and _no_temp_files(out)
   assert {p: (out / p).read_bytes() for p in before} == before
 
-  monkeypatch.setattr(T, "os", _FullDiskOs("step16"))
+  from circuits import files
+  monkeypatch.setattr(files, "os", _FullDiskOs("step16"))  # the project's one atomic writer
   with pytest.raises(sweep.SweepError, match=r"revision step16 .*No space left on device.*the disk is full: "
                      r"free space under .*no partial file was left"):
     sweep.sweep(revs, out, **kw)

@@ -11,7 +11,6 @@ Figures (PNG, matplotlib Agg):
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -213,8 +212,5 @@ def write_report(df: pd.DataFrame, out_dir, summary: Optional[dict] = None,
     body.append(f"<h2>{html.escape(heading)}</h2>{content}")
   page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
          f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
-  path = out / "report.html"
-  tmp = path.with_suffix(".html.tmp")
-  tmp.write_text(page, encoding="utf-8")
-  os.replace(tmp, path)
-  return path
+  from circuits import files
+  return files.atomic_write_text(out / "report.html", page)

@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 import pandas as pd
 
+from circuits import files
 from circuits.discovery import ablate as ablate_lib
 from circuits.discovery import measure as measure_lib
 from circuits.discovery import spread
@@ -52,8 +53,8 @@ def default_probe(vocab_size: int, n: int = 2000, seq_len: int = 256):
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-  """Temp file + fsync + os.replace (the table module's writer: one implementation)."""
-  T._atomic_write_bytes(path, data)  # pylint: disable=protected-access
+  """Temp file + fsync + os.replace (circuits.files: the project's one atomic writer)."""
+  files.atomic_write_bytes(path, data)
 
 
 def _csv_bytes(df: pd.DataFrame) -> bytes:

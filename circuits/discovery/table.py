@@ -27,6 +27,8 @@ from typing import Iterable, Union
 
 import numpy as np
 import pandas as pd
+
+from circuits import files
 from circuits.errors import CircuitsError
 
 CLASSES = ("induction", "duplicate", "previous", "self", "first", "local")
@@ -45,7 +47,7 @@ NUMERIC_COLUMNS = (TOKENS,) + SEL_COLUMNS + SEL_UNIFORM_COLUMNS + (PR, PR_CLASSI
 INT_COLUMNS = (STEP, LAYER, HEAD)
 
 REVISIONS_DIR = "revisions"
-_TMP_MARK = ".tmp-"
+_TMP_MARK = files.TMP_MARK
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._+=-]+$")
 
 PathLike = Union[str, os.PathLike]
@@ -131,18 +133,7 @@ def _to_csv_bytes(df: pd.DataFrame) -> bytes:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=path.name + _TMP_MARK, dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  files.atomic_write_bytes(path, data)  # the project's one atomic writer (same temp marker)
 
 
 def revision_path(out_dir: PathLike, revision: str) -> Path:
