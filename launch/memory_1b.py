@@ -33,6 +33,10 @@ def main():
 
   rows = []
   for name in args.configs.split(","):
+    if not os.path.exists(os.path.join("configs", f"{name}.py")):
+      from circuits.errors import CircuitsError
+      raise CircuitsError(f"--configs: no configs/{name}.py; give names of configs/ files, e.g. "
+                          "pythia_1b,olmo_1b_0724,olmoe_1b_7b")
     c = importlib.import_module(f"configs.{name}").get_config()
     if args.batch_size:
       c.train.batch_size = args.batch_size

@@ -135,6 +135,7 @@ def settings_from(quick: bool = False, families=None, sizes=None, size_families=
   if sections:
     unknown = sorted(set(sections) - set(Settings.sections))
     if unknown:
-      raise ValueError(f"--sections: unknown {unknown}; known: {list(Settings.sections)}")
+      from circuits.errors import CircuitsError
+      raise CircuitsError(f"--sections: unknown {unknown}; choose from {','.join(Settings.sections)}")
     st.sections = tuple(sections)
   return st
