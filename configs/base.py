@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
       log_every=10,
       diagnostics=True,  # per-head attention reductions returned by every step
       remat="none",      # circuits.models.remat policy per block: none, full, dots, minimal, save_dot_except_mlp
+      scan_layers=False,  # the blocks as one lax.scan over stacked params (compiles one block; per-layer backward)
       microbatches=1,    # m: gradient accumulation inside the step (rows i::m); must divide the per-device batch
       loss_chunk=0,      # C > 0: the cross-entropy forms the logits C positions at a time (0: whole logits)
       progress=True,     # tqdm progress bar (loss, tokens/s, ETA)

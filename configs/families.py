@@ -43,15 +43,19 @@ def family_config(family: str, size: str):
     c.mesh.fsdp = -1
     c.mesh.data = 1
     # to fit 1024 x T on 64 devices (16 sequences per device): bf16 activations (fp32 params, optimizer,
-    # softmax, loss, diagnostics), every block rematerialised, microbatches of 4 (OLMoE at T 4096: 2) sequences
-    # per device, and the logits formed 256 positions at a time. Measured 2026-12-03 (abstract compile, 64 fake
-    # CPU devices, fsdp 64, memory-optimized CPU scheduler, exact [T, S] attention, diagnostics on), per-device
-    # temp: pythia 29.2 GiB, olmo 34.5 GiB (goal <= 12 with blockwise attention); olmoe 26176 GiB (the ragged
-    # MoE's token sort is not sharded: an open problem, not a remat/microbatch one)
+    # softmax, loss, diagnostics), the blocks scanned (one layer per iteration of the backward loop; unrolled,
+    # XLA:CPU combines every layer's gradient all-reduce into one after the backward and keeps every layer's
+    # gradient, or the activations that produce it, alive: 21.6 GiB of temp for Pythia, 4.3 scanned), every block rematerialised, microbatches of 4 (OLMoE at T 4096: 2) sequences per device,
+    # and the logits formed 256 positions at a time. Figures: the README's memory table (launch.memory_1b).
     c.model.dtype = "bfloat16"
     c.train.remat = "full"
+    c.train.scan_layers = True
     c.train.microbatches = {"pythia": 4, "olmo": 4, "olmoe": 8}[family]
     c.train.loss_chunk = 256
+    # the in-loop induction probe at discovery's length (T = 256; at T = 2048 its exact [N, H, T, S] rows,
+    # replicated, would need 70 GiB per device): 32 examples every 100 steps (~0.1% of a step's tokens)
+    c.probe.every = 100
+    c.probe.seq_len = 256
   elif size == "tiny":
     c.data.seq_len = 32
     c.train.batch_size = 8

@@ -1,6 +1,7 @@
 """Per-device memory of the 1B train steps on a 64-device fsdp mesh, compiled from abstract inputs.
 
     python -m launch.memory_1b [--devices 64] [--configs pythia_1b,olmo_1b_0724,olmoe_1b_7b] [--no_diagnostics]
+                               [--unrolled]
 
 Nothing is allocated: the model comes from nnx.eval_shape, the state and batch are ShapeDtypeStructs
 carrying their NamedShardings; figures are XLA:CPU's `compiled.memory_analysis()` (bytes per device) under
@@ -20,6 +21,8 @@ def main():
   ap.add_argument("--configs", default="pythia_1b,olmo_1b_0724,olmoe_1b_7b")
   ap.add_argument("--batch_size", type=int, default=0, help="override train.batch_size (0: the config's)")
   ap.add_argument("--no_diagnostics", action="store_true")
+  ap.add_argument("--unrolled", action="store_true", help="the blocks unrolled (train.scan_layers=False) instead "
+                  "of the configs' scan, to see what the scan saves")
   ap.add_argument("--moe_impl", default="gmm", help="MoE configs: the grouped matmul compiled (gmm: megablox, as on "
                   "TPU, interpreted on CPU; ragged: jax.lax.ragged_dot, whose XLA:CPU lowering is dense)")
   args = ap.parse_args()
@@ -41,6 +44,7 @@ def main():
     if args.batch_size:
       c.train.batch_size = args.batch_size
     c.train.diagnostics = not args.no_diagnostics
+    c.train.scan_layers = c.train.scan_layers and not args.unrolled
     if c.model.get("n_experts"):
       c.model.moe_impl = args.moe_impl
     r = memory.compile_memory(c)

@@ -330,4 +330,5 @@ def test_1b_configs_use_the_scale_options():
     c, m = config_lib.validate(mod.get_config())
     assert m.dtype == "bfloat16" and m.param_dtype == "float32"
     assert c.train.remat != "none" and c.train.microbatches >= 1 and c.train.loss_chunk > 0
+    assert c.train.scan_layers and c.train.diagnostics and c.probe.every > 0 and c.probe.seq_len == 256
     config_lib.check_mesh(c, dict(data=1, fsdp=64, tensor=1, expert=1))

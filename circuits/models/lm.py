@@ -46,8 +46,31 @@ class LM(nnx.Module):
     self.unembed = L.param(rngs, (cfg.d_model, cfg.vocab_size), (L.EMBED, L.VOCAB), std=cfg.init_std,
                            dtype=cfg.param_dtype)
 
+  def _scan_blocks(self, x_BxTxD, positions_BxT, segment_ids_BxT, capture: Capture, attention_impl, remat: str,
+                   constrain):
+    """The blocks as one lax.scan over their stacked states: (x_BxTxD, attn_aux list, moe_aux list)."""
+    if (capture.query_pos_B is not None or capture.patterns_BxPxTxS is not None or capture.extremes
+        or capture.head_scale_LxH is not None or capture.replace_mask_LxH is not None):
+      raise ValueError("scan_layers: the scanned blocks take no per-layer captures or ablations (query rows, "
+                       "patterns, extremes, head_scale/replace); call without scan_layers for those")
+    graphdef, _ = nnx.split(self.blocks[0])  # every block of a family has the same structure
+    states = [nnx.split(b)[1] for b in self.blocks]
+    stacked_L = jax.tree.map(lambda *a: jnp.stack(a), *states)
+    probe = capture.layer(0, attention_impl)  # no per-layer arrays (checked above): the same for every layer
+
+    def body(x, state):
+      x, a_aux, m_aux = nnx.merge(graphdef, state)(x, positions_BxT, segment_ids_BxT, probe)
+      return constrain(x), (a_aux, m_aux)
+
+    if remat != "none":
+      body = jax.checkpoint(body, policy=remat_lib.policy(remat), prevent_cse=False)  # scan: no CSE to fear
+    x_BxTxD, (a_L, m_L) = jax.lax.scan(body, x_BxTxD, stacked_L)
+    unstack = lambda t: [jax.tree.map(lambda a: a[i], t) for i in range(self.cfg.n_layers)]
+    return x_BxTxD, unstack(a_L), ([] if m_L is None else unstack(m_L))
+
   def __call__(self, tokens_BxT, capture: Capture = Capture(), *, positions_BxT=None, segment_ids_BxT=None,
-               remat: str = "none", residual_sharding=None, attention_impl: str | None = None) -> ModelOutput:
+               remat: str = "none", residual_sharding=None, attention_impl: str | None = None,
+               scan_layers: bool = False) -> ModelOutput:
     """Logits, and what `capture` asks for: per-head statistics, query-row captures, head ablations, ...
 
     capture: a `circuits.models.attention.Capture` (what the call captures or changes; see its docstring).
@@ -59,6 +82,12 @@ class LM(nnx.Module):
     the fsdp axis to contract with fsdp-sharded weights (measured: 4x the per-device temp at 1B).
     attention_impl: override model.attention_impl for this call (calls with query_pos_B or patterns always
     use the exact attention: they read its weights).
+    scan_layers: run the blocks as one `lax.scan` over their stacked parameters (the remat policy around the
+    scan body) instead of unrolled: the program holds one block, compiles once, and its backward pass is a
+    loop in which each layer's recomputation and parameter-gradient reduction happen in that layer's
+    iteration (unrolled, XLA may hoist every layer's recomputation ahead and combine every layer's gradient
+    all-reduce into one after the backward, keeping them all alive: the 1B configs use it). The same math;
+    captures with per-layer arrays, query rows, patterns or extremes need the unrolled path.
     """
     cfg = self.cfg
     if not isinstance(capture, Capture):
@@ -72,7 +101,10 @@ class LM(nnx.Module):
     x_BxTxD = constrain(self.embed(tokens_BxT, jnp.dtype(cfg.dtype)))
     attn_aux, moe_aux, ext = [], [], []
     policy = remat_lib.policy(remat)
-    for i, block in enumerate(self.blocks):
+    if scan_layers:
+      x_BxTxD, attn_aux, moe_aux = self._scan_blocks(x_BxTxD, positions_BxT, segment_ids_BxT, capture,
+                                                     attention_impl, remat, constrain)
+    for i, block in enumerate(() if scan_layers else self.blocks):
       probe = capture.layer(i, attention_impl)
       if capture.capture_only and i == cfg.n_layers - 1:  # every family's block opens with attn(ln1(x))
         _, a_aux = block.attn(block.ln1(x_BxTxD), positions_BxT, segment_ids_BxT,

@@ -55,6 +55,8 @@ def validate(config) -> tuple[ml_collections.ConfigDict, ModelConfig]:
   if tr.batch_size % tr.microbatches:
     raise ConfigError(f"train.microbatches={tr.microbatches} must divide train.batch_size={tr.batch_size} (and the "
                       "per-device batch, train.batch_size / (mesh.data x mesh.fsdp)); change either")
+  if not isinstance(tr.scan_layers, bool):
+    raise ConfigError(f"train.scan_layers: must be True or False (got {tr.scan_layers!r})")
   if not isinstance(tr.loss_chunk, int) or tr.loss_chunk < 0:
     raise ConfigError(f"train.loss_chunk: must be an integer >= 0 (got {tr.loss_chunk!r})")
   if tr.loss_chunk and data.seq_len % tr.loss_chunk:

@@ -92,6 +92,7 @@ def setup(config, devices=None) -> Setup:
   opts = step_lib.StepOptions(diagnostics=bool(tr.diagnostics), z_loss=float(tr.z_loss), nan_policy=str(tr.nan_policy),
                               probe_every=int(cfg.probe.every), segment_mask=bool(cfg.data.segment_mask),
                               remat=str(tr.remat), microbatches=int(tr.microbatches), loss_chunk=int(tr.loss_chunk),
+                              scan_layers=bool(tr.scan_layers),
                               residual_sharding=shd.batch_sharding(mesh, 3) if shd.batch_axis_size(mesh) > 1 else None)
   fn = step_lib.make_step(graphdef, model_cfg, tx, schedule, opts)
   b_sh = shd.batch_sharding(mesh)

@@ -35,6 +35,9 @@ def compile_memory(config, devices=None) -> dict:
   tr, mc = s.config.train, s.model_cfg
   return dict(mesh=dict(s.mesh.shape), params=n_params, compile_s=time.time() - t,
               microbatches=int(tr.get("microbatches", 1)), remat=str(tr.get("remat", "none")),
+              scan_layers=bool(tr.get("scan_layers", False)),
+              probe=(f"every {s.config.probe.every}, {s.config.probe.n} x {s.config.probe.seq_len or s.config.data.seq_len}"
+                     if s.config.probe.every else "off"),
               attention_impl=str(mc.attention_impl), dtype=str(mc.dtype), moe_impl=str(mc.moe_impl),
               argument_gib=gib(m.argument_size_in_bytes), output_gib=gib(m.output_size_in_bytes),
               temp_gib=gib(m.temp_size_in_bytes), alias_gib=gib(m.alias_size_in_bytes),
@@ -48,12 +51,13 @@ def table(rows, devices: int, diagnostics: bool) -> str:
            f"for {devices} fake CPU devices with the memory-optimised scheduler; a proxy for a device's own "
            f"compiler, not a device measurement), measured {datetime.date.today().isoformat()}; diagnostics "
            f"{'on' if diagnostics else 'off'}\n",
-           "| config | params | global batch x T | mesh | microbatches | remat | attention | MoE | activations | "
-           "arguments GiB | temp GiB | total GiB | compile s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| config | params | global batch x T | mesh | microbatches | remat | layers | attention | MoE | activations | "
+           "in-loop probe | arguments GiB | temp GiB | total GiB | compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for name, b, t, r in rows:
     mesh = "x".join(f"{k}{v}" for k, v in r["mesh"].items() if v > 1) or "1 device"
     lines.append(f"| {name} | {r['params'] / 1e9:.2f}B | {b} x {t} | {mesh} | {r['microbatches']} | {r['remat']} | "
-                 f"{r['attention_impl']} | {r['moe_impl'] if 'olmoe' in name else '-'} | {r['dtype']} | {r['argument_gib']:.2f} | {r['temp_gib']:.2f} | "
+                 f"{'scanned' if r['scan_layers'] else 'unrolled'} | {r['attention_impl']} | "
+                 f"{r['moe_impl'] if 'olmoe' in name else '-'} | {r['dtype']} | {r['probe']} | {r['argument_gib']:.2f} | {r['temp_gib']:.2f} | "
                  f"{r['total_gib']:.2f} | {r['compile_s']:.0f} |")
   return "\n".join(lines)

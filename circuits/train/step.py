@@ -92,7 +92,8 @@ class StepOptions:
   remat: circuits.models.remat policy around each block; microbatches: m, the global batch is split into
   m microbatches (rows i::m) whose gradients are summed inside the step before one update; loss_chunk: C > 0
   forms the logits C positions at a time (circuits.losses chunked path; 0: whole, the plain path);
-  residual_sharding: imposed on the residual stream after the embedding and every block (None: GSPMD's choice)."""
+  residual_sharding: imposed on the residual stream after the embedding and every block (None: GSPMD's choice);
+  scan_layers: the blocks run as one lax.scan over their stacked parameters (LM.__call__(scan_layers=True))."""
   diagnostics: bool = True
   z_loss: float = 0.0
   nan_policy: str = "abort"
@@ -101,6 +102,7 @@ class StepOptions:
   remat: str = "none"
   microbatches: int = 1
   loss_chunk: int = 0
+  scan_layers: bool = False
   residual_sharding: Any = None  # sharding of the [B, T, D] residual stream (set by circuits.train.setup)
 
 
@@ -150,7 +152,7 @@ def make_grad_fn(graphdef, model_cfg: ModelConfig, opts: StepOptions) -> Callabl
     kw = {}
     if opts.segment_mask:
       kw = dict(segment_ids_BxT=batch["segment_ids_BxT"], positions_BxT=batch["positions_BxT"])
-    kw.update(remat=opts.remat, residual_sharding=opts.residual_sharding)
+    kw.update(remat=opts.remat, residual_sharding=opts.residual_sharding, scan_layers=opts.scan_layers)
     capture = Capture(stats=opts.diagnostics, hidden_only=bool(opts.loss_chunk))
     targets_BxT = batch["targets_BxT"]
     with _batch_mesh(opts):  # MoE routes each device's tokens locally under it (circuits.models.moe)
