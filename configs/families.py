@@ -45,12 +45,13 @@ def family_config(family: str, size: str):
     # to fit 1024 x T on 64 devices (16 sequences per device): bf16 activations (fp32 params, optimizer,
     # softmax, loss, diagnostics), the blocks scanned (one layer per iteration of the backward loop; unrolled,
     # XLA:CPU combines every layer's gradient all-reduce into one after the backward and keeps every layer's
-    # gradient, or the activations that produce it, alive: 21.6 GiB of temp for Pythia, 4.3 scanned), every block rematerialised, microbatches of 4 (OLMoE at T 4096: 2) sequences per device,
-    # and the logits formed 256 positions at a time. Figures: the README's memory table (launch.memory_1b).
+    # gradient, or the activations that produce it, alive: Pythia 21.6 GiB of temp unrolled, 4.3 scanned, on 8
+    # devices at m = 4), every block rematerialised, microbatches of 8 sequences per device (OLMoE at T 4096: 4;
+    # 16384 tokens), the logits formed 256 positions at a time. Figures: the README's table (launch.memory_1b).
     c.model.dtype = "bfloat16"
     c.train.remat = "full"
     c.train.scan_layers = True
-    c.train.microbatches = {"pythia": 4, "olmo": 4, "olmoe": 8}[family]
+    c.train.microbatches = {"pythia": 2, "olmo": 2, "olmoe": 4}[family]
     c.train.loss_chunk = 256
     # the in-loop induction probe at discovery's length (T = 256; at T = 2048 its exact [N, H, T, S] rows,
     # replicated, would need 70 GiB per device): 32 examples every 100 steps (~0.1% of a step's tokens)

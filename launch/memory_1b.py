@@ -1,7 +1,7 @@
 """Per-device memory of the 1B train steps on a 64-device fsdp mesh, compiled from abstract inputs.
 
     python -m launch.memory_1b [--devices 64] [--configs pythia_1b,olmo_1b_0724,olmoe_1b_7b] [--no_diagnostics]
-                               [--unrolled]
+                               [--unrolled] [--microbatches M]
 
 Nothing is allocated: the model comes from nnx.eval_shape, the state and batch are ShapeDtypeStructs
 carrying their NamedShardings; figures are XLA:CPU's `compiled.memory_analysis()` (bytes per device) under
@@ -20,6 +20,7 @@ def main():
   ap.add_argument("--devices", type=int, default=64, help="fake CPU devices of the fsdp mesh (the published runs: 64)")
   ap.add_argument("--configs", default="pythia_1b,olmo_1b_0724,olmoe_1b_7b")
   ap.add_argument("--batch_size", type=int, default=0, help="override train.batch_size (0: the config's)")
+  ap.add_argument("--microbatches", type=int, default=0, help="override train.microbatches (0: the config's)")
   ap.add_argument("--no_diagnostics", action="store_true")
   ap.add_argument("--unrolled", action="store_true", help="the blocks unrolled (train.scan_layers=False) instead "
                   "of the configs' scan, to see what the scan saves")
@@ -43,6 +44,8 @@ def main():
     c = importlib.import_module(f"configs.{name}").get_config()
     if args.batch_size:
       c.train.batch_size = args.batch_size
+    if args.microbatches:
+      c.train.microbatches = args.microbatches
     c.train.diagnostics = not args.no_diagnostics
     c.train.scan_layers = c.train.scan_layers and not args.unrolled
     if c.model.get("n_experts"):

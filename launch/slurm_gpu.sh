@@ -46,14 +46,14 @@ if [[ $MODE == train ]]; then
   case "$FAMILY" in pythia|olmo|olmoe) ;; *) echo "slurm_gpu.sh: --family must be pythia, olmo or olmoe" >&2; exit 2;; esac
   TRAIN=".venv/bin/python -m launch.train --config $CONFIG:$FAMILY --workdir $WORKDIR --distributed"
   # 1B scale settings: bf16 activations, remat "full" and loss_chunk 256 come with the config (configs/families.py);
-  # the microbatches follow the mesh: the published 1024 rows over nodes x gpus-per-node devices, 4 rows per device
-  # per microbatch (OLMoE at T 4096: 2) as the configs' 64-device values; OLMoE's experts run jax.lax.ragged_dot
+  # the microbatches follow the mesh: the published 1024 rows over nodes x gpus-per-node devices, 8 rows per device
+  # per microbatch (OLMoE at T 4096: 4) as the configs' 64-device values; OLMoE's experts run jax.lax.ragged_dot
   # (moe_impl=ragged; whether XLA:GPU keeps it grouped is unmeasured: run `make device-check` first).
   if [[ "$CONFIG" == *study_1b.py ]]; then
     DEVICES=$((NODES * GPUS))
     [[ $DEVICES -ge 1 && $((1024 % DEVICES)) == 0 ]] || {
       echo "slurm_gpu.sh: cannot split the 1B configs' 1024 rows over $NODES x $GPUS GPUs" >&2; exit 2; }
-    ROWS=$((1024 / DEVICES)) PER=$([[ $FAMILY == olmoe ]] && echo 2 || echo 4)
+    ROWS=$((1024 / DEVICES)) PER=$([[ $FAMILY == olmoe ]] && echo 4 || echo 8)
     TRAIN+=" --config.train.microbatches=$(( ROWS > PER ? ROWS / PER : 1 ))"
     [[ $FAMILY == olmoe ]] && TRAIN+=" --config.model.moe_impl=ragged"
   fi

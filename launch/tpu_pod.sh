@@ -69,15 +69,15 @@ python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt 'jax[tpu]=
 if [[ $MODE == train ]]; then
   TRAIN="cd circuits && .venv/bin/python -m launch.train --config $CONFIG:$FAMILY --workdir $WORKDIR --distributed"
   # 1B scale settings: bf16 activations, remat "full" and loss_chunk 256 come with the config (configs/families.py);
-  # the microbatches follow the mesh: the published 1024 rows over D devices, 4 rows per device per microbatch
-  # (OLMoE at T 4096: 2) as the configs' 64-device values; OLMoE's experts run megablox gmm (moe_impl=gmm) on TPU.
+  # the microbatches follow the mesh: the published 1024 rows over D devices, 8 rows per device per microbatch
+  # (OLMoE at T 4096: 4) as the configs' 64-device values; OLMoE's experts run megablox gmm (moe_impl=gmm) on TPU.
   # D = the pod's jax devices: v4/v5p names count TensorCores (2 per device), v2/v3/v5e/v6e names count devices.
   if [[ "$CONFIG" == *study_1b.py ]]; then
     N="${ACCEL##*-}"
     case "$ACCEL" in v4-*|v5p-*) DEVICES=$((N / 2));; *) DEVICES=$N;; esac
     [[ "$N" =~ ^[0-9]+$ && $DEVICES -ge 1 && $((1024 % DEVICES)) == 0 ]] || {
       echo "tpu_pod.sh: cannot split the 1B configs' 1024 rows over the devices of --accelerator $ACCEL" >&2; exit 2; }
-    ROWS=$((1024 / DEVICES)) PER=$([[ $FAMILY == olmoe ]] && echo 2 || echo 4)
+    ROWS=$((1024 / DEVICES)) PER=$([[ $FAMILY == olmoe ]] && echo 4 || echo 8)
     TRAIN+=" --config.train.microbatches=$(( ROWS > PER ? ROWS / PER : 1 ))"
     [[ $FAMILY == olmoe ]] && TRAIN+=" --config.model.moe_impl=gmm"
   fi

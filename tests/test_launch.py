@@ -34,7 +34,7 @@ def test_tpu_pod_dry_run_prints_every_command():
   assert "git clone --branch main https://example.org/circuits.git circuits" in install[install.index("--command") + 1]
   remote = train[train.index("--command") + 1]
   assert ("-m launch.train --config configs/study_1b.py:olmo --workdir gs://bucket/olmo --distributed "
-          "--config.train.microbatches=16 --config.train.steps=10") in remote  # the extras last: they win
+          "--config.train.microbatches=8 --config.train.steps=10") in remote  # the extras last: they win
 
 
 def test_slurm_dry_run_prints_script_and_submit():
@@ -144,8 +144,8 @@ def _overrides(cmd: str) -> dict:
 @pytest.mark.parametrize("family", ["pythia", "olmo", "olmoe"])
 @pytest.mark.parametrize("script", ["tpu_pod.sh", "slurm_gpu.sh"])
 def test_dry_run_carries_1b_scale_settings(script, family):
-  """The 1B train command sets the microbatches for its mesh (1024 rows over the devices, 4 rows per device per
-  microbatch; OLMoE 2) and OLMoE's moe_impl (TPU: gmm, GPU: ragged); with those overrides the config validates
+  """The 1B train command sets the microbatches for its mesh (1024 rows over the devices, 8 rows per device per
+  microbatch; OLMoE 4) and OLMoE's moe_impl (TPU: gmm, GPU: ragged); with those overrides the config validates
   and keeps the configs' bf16 / remat full / loss_chunk 256."""
   from circuits.train import config as C
   from configs.study_1b import get_config
@@ -160,7 +160,7 @@ def test_dry_run_carries_1b_scale_settings(script, family):
     cmd, devices, impl = next(l for l in r.stdout.splitlines() if l.startswith("srun ")), 16, "ragged"
   assert r.returncode == 0, r.stderr
   ov = _overrides(cmd)
-  per = 2 if family == "olmoe" else 4
+  per = 4 if family == "olmoe" else 8
   assert ov["train.microbatches"] == str(1024 // devices // per), cmd
   assert ov.get("model.moe_impl") == (impl if family == "olmoe" else None), cmd
   c = get_config(family)
