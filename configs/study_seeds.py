@@ -5,10 +5,12 @@
 Every run is the laptop study's recipe for its family (configs/study_laptop.py, imported, not copied) with one
 replicate's seeds; nothing else of the recipe changes. Replicate i of family F is the run `F_s<i>` with
   seed       = MODEL_SEEDS[i]   the model's initialisation (nnx.Rngs, and the trainer's PRNG key)
-  data_seed  = DATA_SEEDS[i]    the order of the training rows: the token cache is built per data seed
-                                (<workdir>/cache_data<seed>) from the combined task's generator seeded with it
+  data_seed  = DATA_SEEDS[i]    the training rows (another draw of the same task, so another data order): one
+                                token cache per data seed (<workdir>/cache_data<seed>), the combined task's
+                                generator seeded with it
 The task itself (the Bigram-Backcopy table, data.synthetic.table_seed), the probes and the held-out rows stay
-the same in every run: one task, one instrument. Replicate 0 (model 0, data 0) is the laptop study's own run.
+the same in every run: one task, one instrument. Replicate 0 (model 0, data 0) has the laptop study's seeds
+and training rows (its checkpoints are denser: CHECKPOINT_EVERY).
 
 The same resumable pipeline (data -> train -> sweep -> metrics -> report) runs them, in parallel processes
 pinned to the cores (the `parallel` section). The report adds, per family and marker, how many seeds reached
@@ -26,43 +28,43 @@ import ml_collections
 from configs.study_laptop import FAMILIES, study_config
 
 MODEL_SEEDS = (0, 1, 2, 3, 4)  # model initialisation per replicate
-DATA_SEEDS = (0, 1, 2, 3, 4)   # training-row order per replicate (paired with MODEL_SEEDS: replicate i)
+DATA_SEEDS = (0, 1, 2, 3, 4)   # training rows (data order) per replicate (paired with MODEL_SEEDS: replicate i)
 CHECKPOINT_EVERY = 100  # the laptop study keeps every 200th step: 100 halves the resolution of every marker and
                         # of the PR lead (F5) at about 1.65x the sweep time (38 instead of 23 checkpoints per run)
 
 PILOT_CHOICES = {
     "span lengths (m of the repeated span)": dict(
-        keys=("data.synthetic.span_min", "data.synthetic.span_max"),
+        fields=("data.synthetic.span_min", "data.synthetic.span_max"),
         note="m in 12..24: only OLMoE formed induction within 3000 steps; m in 16..28: all three did "
              "(2026-12-02 pilots)"),
     "model seed": dict(
-        keys=("families.*.seed",),
+        fields=("families.*.seed",),
         note="OLMo with model seed 1 (same data, m 16..28) formed no induction in 3000 steps (train loss 4.34 "
              "against 2.86 with seed 0)"),
-    "data seed (training-row order)": dict(
-        keys=("families.*.data_seed",),
+    "data seed (training rows)": dict(
+        fields=("families.*.data_seed",),
         note="the same code and seed on two CPUs moved markers by up to 800 steps: the dynamics amplify any "
              "difference, so the data order is varied too"),
     "query/key init std": dict(
-        keys=("families.*.qk_init_std", "families.*.init_std"),
+        fields=("families.*.qk_init_std", "families.*.init_std"),
         note="QK std 0.02: attention stayed uniform in the natural-text pilots; 0.1 formed previous-token, "
              "induction and sink heads"),
     "step budget": dict(
-        keys=("families.*.steps",),
+        fields=("families.*.steps",),
         note="the first OLMo-like pilot formed sinks but no induction within 2500 steps"),
     "batch": dict(
-        keys=("train.batch_size",),
+        fields=("train.batch_size",),
         note="a batch-16 OLMo pilot (5000 steps, m 12..24) formed no induction"),
     "task": dict(
-        keys=("data.task",),
+        fields=("data.task",),
         note="both circuits formed only with both jobs in every row; separate-sequence mixtures and pure "
              "repeated spans (OLMo, 2000 steps) gave no induction"),
     "depth": dict(
-        keys=("families.*.n_layers",),
+        fields=("families.*.n_layers",),
         note="3 layers formed both circuits, later than 4; a half-induction mixture at 3 layers sank layer 0 and "
              "formed no induction"),
     "checkpoint spacing (marker resolution)": dict(
-        keys=("checkpoint.log_until", "checkpoint.every"),
+        fields=("checkpoint.log_until", "checkpoint.every"),
         note="every marker and the PR lead are first checkpoints: their resolution is this spacing"),
 }
 

@@ -363,10 +363,10 @@ def _choice_value(study, key: str) -> str:
 
 
 def pilot_choice_rows(study) -> list[dict]:
-  """The config's `pilot_choices` (choice -> keys, note) with the values this study uses."""
+  """The config's `pilot_choices` (choice -> fields, note) with the values this study uses."""
   if "pilot_choices" not in study:
     return []
-  return [{"choice": name, "config": ", ".join(c.keys), "value": "; ".join(_choice_value(study, k) for k in c.keys),
+  return [{"choice": name, "config": ", ".join(c.fields), "value": "; ".join(_choice_value(study, k) for k in c.fields),
            "why it matters (pilots)": c.note} for name, c in study.pilot_choices.items()]
 
 

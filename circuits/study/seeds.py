@@ -2,7 +2,7 @@
 aggregated over the replicates, the median trajectories, and the PR lead (the paper's F5) per head and run.
 
 No jax: pandas and numpy only. A replicate is a run of the study (families.<run>) whose `family` names its
-architecture and whose `seed` (model init) and `data_seed` (the order of the training rows: the seed of the
+architecture and whose `seed` (model init) and `data_seed` (the training rows, so the data order: the seed of the
 token cache's generator) say which replicate it is (configs/study_seeds.py builds them).
 
 Definitions:
