@@ -179,6 +179,11 @@ def test_seeds_config_replicates_the_laptop_recipe():
       assert rc["checkpoint"].pop("every") == 100 and ref["checkpoint"].pop("every") == 200
       assert rc == ref, r  # nothing else of the recipe differs
   assert len(C.caches(c)) == 5 and C.caches(lap) == {"cache": 0}
+  from circuits.train import config as TC
+  from configs import study_seeds
+  for f in grp:  # `launch.train --config configs/study_seeds.py:<run>` gets a valid trainer config
+    full, model = TC.validate(study_seeds.get_config(f"{f}_s4"))
+    assert model.family == f and full.seed == 4 and full.data.cache.endswith("cache_data4")
   assert {r["choice"] for r in R.pilot_choice_rows(c)} >= {
       "span lengths (m of the repeated span)", "model seed", "data seed (training rows)", "query/key init std"}
   bad = study.load("configs/study_seeds.py")

@@ -197,8 +197,8 @@ def pr_lead_table(df: pd.DataFrame, k: float = PR_LEAD_K, threshold: float = 50.
 def pr_lead_run(table: Optional[pd.DataFrame], k: float = PR_LEAD_K, threshold: float = 50.0) -> dict:
   """One run's F5 summary: heads (pr_lead_rows), counts per verdict, n_heads (heads that cross),
   n_at_or_before, all_at_or_before (None when no head crosses), median lead in steps over the heads with a
-  defined lead; measured=False without a sweep table."""
-  if table is None:
+  defined lead; measured=False without a sweep table (or one without pr / sel_induction columns)."""
+  if table is None or "pr" not in table.columns or "sel_induction" not in table.columns:
     return {"measured": False, "heads": [], "n_heads": 0, "counts": {v: 0 for v in VERDICTS[:-1]},
             "n_at_or_before": 0, "all_at_or_before": None, "lead_steps_median": None}
   heads = pr_lead_rows(table, k, threshold)
@@ -303,5 +303,5 @@ def summarize(study, p, families: dict) -> dict:
   v = verdicts(agg, primary_gap, induction, incomplete)
   return {"families": agg, "seeds": seeds, "primary_gap": primary_gap, "verdicts": v, "pr_lead": leads,
           "pr_lead_definition": {"k": PR_LEAD_K, "threshold": thr, "probe": "combined (in-distribution)",
-                                 "text": __doc__.split("PR lead (F5)")[1].strip()},
+                                 "text": " ".join(__doc__.split("PR lead (F5)")[1].split())},
           "incomplete": incomplete}
