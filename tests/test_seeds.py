@@ -186,6 +186,11 @@ def test_seeds_config_replicates_the_laptop_recipe():
     assert model.family == f and full.seed == 4 and full.data.cache.endswith("cache_data4")
   assert {r["choice"] for r in R.pilot_choice_rows(c)} >= {
       "span lengths (m of the repeated span)", "model seed", "data seed (training rows)", "query/key init std"}
+  edited = study.load("configs/study_seeds.py")
+  edited.pilot_choices["model seed"].note = "edited"
+  assert C.fingerprint(edited) == C.fingerprint(c)  # notes are documentation: editing one reruns nothing
+  edited.families.olmo_s2.data_seed = 7
+  assert C.fingerprint(edited) != C.fingerprint(c)
   bad = study.load("configs/study_seeds.py")
   bad.seeds.data_seeds = (0, 1, 2, 3)
   with pytest.raises(study.StudyError, match="one length"):

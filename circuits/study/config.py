@@ -117,9 +117,11 @@ def architecture(cfg, run: str) -> str:
 
 
 def fingerprint(cfg) -> str:
-  """sha1 of the study config without the parallel section (scheduling does not change results)."""
+  """sha1 of the study config without the parallel section (scheduling does not change results) and the
+  pilot_choices notes (documentation the report prints: editing a note reruns nothing; --force=report)."""
   d = cfg.to_dict()
   d.pop("parallel", None)
+  d.pop("pilot_choices", None)
   return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
