@@ -5,7 +5,7 @@ REQ_HASH := $(shell sha1sum requirements.txt | cut -c1-12)
 VENV := .venv/.installed-$(REQ_HASH)
 export PYTHONHASHSEED := 0
 
-.PHONY: run test setup corpora demo bench sinks device-check clean
+.PHONY: run test setup corpora demo bench sinks seeds device-check clean
 
 setup: $(VENV) corpora
 
@@ -37,6 +37,10 @@ bench: setup
 # sink mitigations: one family trained with each attention option, measured by the same instrument
 sinks: setup
 	$(PY) -m launch.study --config configs/study_sinks.py --workdir runs/sinks
+
+# transitions with a spread: the laptop study's recipe per family over 5 seeds (model init and data order)
+seeds: setup
+	$(PY) -m launch.study --config configs/study_seeds.py --workdir runs/seeds
 
 # on a GPU or TPU host: matmul peak, 1B train steps (tokens/s, MFU, memory), one discovery pass (< 10 min)
 device-check: setup

@@ -6,7 +6,8 @@
     study.run_config(cfg, "olmo")                         # one family's trainer config
 
 Modules: pipeline (run configs, data, the per-family jobs, the stage runner), analysis (the named
-transition markers, summary.json) and report (report.html / report.md with PNG figures).
+transition markers, summary.json), seeds (replicates of a family: markers and gaps over seeds, the PR lead)
+and report (report.html / report.md with PNG figures).
 """
 
 from circuits.study.pipeline import (STAGES, StudyError, job_names, load, load_resolved, resolve, run, run_config,

@@ -67,10 +67,48 @@ def resolve(cfg) -> ml_collections.ConfigDict:
       raise StudyError(f"families.{f}: set n_experts and top_k (the MoE family needs experts)")
     if architecture(cfg, f) != "olmoe" and fc.n_experts:
       raise StudyError(f"families.{f}.n_experts: only the olmoe family has experts")
+  _check_seeds(cfg, order)
   bad = [p for p in cfg.sweep.probes if p not in ("combined", "synthetic")]
   if bad:
     raise StudyError(f"sweep.probes: unknown probe(s) {bad}; known: combined, synthetic")
   return cfg
+
+
+def _check_seeds(cfg, order) -> None:
+  """data_seed (optional per run) is an int; a `seeds` section names model_seeds and data_seeds of one length,
+  whose (model, data) pairs are distinct."""
+  for f in order:
+    ds = cfg.families[f].get("data_seed", None)
+    if ds is not None and (isinstance(ds, bool) or not isinstance(ds, int)):
+      raise StudyError(f"families.{f}.data_seed={ds!r}: give an int (the seed of the training rows' generator) "
+                       "or leave it out (the first run's model seed, as in the laptop study)")
+  if "seeds" not in cfg:
+    return
+  ms, ds = list(cfg.seeds.model_seeds), list(cfg.seeds.data_seeds)
+  if not ms or len(ms) != len(ds):
+    raise StudyError(f"seeds: model_seeds ({len(ms)}) and data_seeds ({len(ds)}) must be non-empty and of one "
+                     "length (replicate i trains with model_seeds[i] and data_seeds[i])")
+  pairs = list(zip(ms, ds))
+  if len(set(pairs)) != len(pairs):
+    raise StudyError(f"seeds: the (model seed, data seed) pairs {pairs} repeat one; every replicate needs its own")
+
+
+def data_seed(cfg, run: str) -> int:
+  """The seed of a run's training rows (the token cache's generator): the run's `data_seed`, else the first
+  run's model `seed` (the laptop study: one cache for every family, built with that seed)."""
+  ds = cfg.families[run].get("data_seed", None)
+  return int(cfg.families[cfg.family_order[0]].seed) if ds is None else int(ds)
+
+
+def cache_name(cfg, run: str) -> str:
+  """The token cache folder of a run in the workdir: `cache` (shared; no data_seed) or `cache_data<seed>`."""
+  ds = cfg.families[run].get("data_seed", None)
+  return "cache" if ds is None else f"cache_data{int(ds)}"
+
+
+def caches(cfg) -> dict:
+  """{cache folder name: data seed} over the runs of a study (one entry in the laptop study)."""
+  return {cache_name(cfg, f): data_seed(cfg, f) for f in cfg.family_order}
 
 
 def architecture(cfg, run: str) -> str:
@@ -79,9 +117,11 @@ def architecture(cfg, run: str) -> str:
 
 
 def fingerprint(cfg) -> str:
-  """sha1 of the study config without the parallel section (scheduling does not change results)."""
+  """sha1 of the study config without the parallel section (scheduling does not change results) and the
+  pilot_choices notes (documentation the report prints: editing a note reruns nothing; --force=report)."""
   d = cfg.to_dict()
   d.pop("parallel", None)
+  d.pop("pilot_choices", None)
   return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -112,6 +152,10 @@ class Paths:
   @property
   def cache(self) -> Path:
     return self.root / "cache"
+
+  def cache_at(self, name: str) -> Path:
+    """A token cache folder of the workdir (config.cache_name: `cache` or `cache_data<seed>`)."""
+    return self.root / name
 
   @property
   def probes(self) -> Path:
@@ -167,7 +211,7 @@ def run_config(study, family: str, workdir: Optional[str] = None) -> ml_collecti
   c.seed = int(f.seed)
   root = Path(workdir or study.get("workdir", f"runs/{study.name}"))
   d = study.data
-  c.data.cache = str(root / "cache")
+  c.data.cache = str(root / cache_name(study, family))
   c.data.task, c.data.vocab = str(d.task), str(d.vocab)
   c.data.seq_len = int(f.get("seq_len", 0) or d.seq_len)
   c.data.add_bos, c.data.pack = bool(d.add_bos), bool(d.pack)

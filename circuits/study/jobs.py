@@ -12,8 +12,8 @@ from typing import Optional
 import numpy as np
 
 from circuits.files import atomic_write_json
-from circuits.study.config import (Paths, StudyError, cache_rows, combined_spec, fingerprint, run_config, span_ids,
-                                   study_paths)
+from circuits.study.config import (Paths, StudyError, cache_rows, caches, combined_spec, fingerprint, run_config,
+                                   span_ids, study_paths)
 from circuits.study.measure import job_metrics, job_sweep
 
 def job_names(study) -> list[str]:
@@ -91,23 +91,26 @@ def is_done(study, p: Paths, job: str) -> bool:
 
 
 def job_data(study, p: Paths, progress: bool = True) -> dict:
-  """The shared token cache (skipped when a matching one exists), the probes, the held-out rows."""
+  """The token cache(s) (one per data seed: config.caches; each skipped when a matching one exists), the probes,
+  the held-out rows (from the first run's model seed: one instrument for every run of the study)."""
   from circuits.data import probes, reader, synthetic
 
   rc = run_config(study, study.family_order[0], str(p.root))
   n_rows = cache_rows(study)
-  built = False
-  try:
-    meta = reader.read_meta(str(p.cache))
-    reader.check_meta(meta, str(p.cache), seq_len=int(rc.data.seq_len), vocab=str(rc.data.vocab),
-                      task=meta.get("task") if not str(rc.data.task).startswith("circuits.") else str(rc.data.task),
-                      add_bos=bool(rc.data.add_bos), pack=bool(rc.data.pack), n_sequences=n_rows)
-    if meta.get("data_config", {}).get("synthetic") != rc.data.synthetic.to_dict():
-      raise reader.CacheError("synthetic parameters differ")
-  except reader.CacheError:
-    from circuits.data import cache_builder
-    cache_builder.build_cache(rc.data, seed=int(rc.seed), n_rows=n_rows, path=str(p.cache), progress=progress)
-    built = True
+  built = []
+  for name, seed in caches(study).items():
+    path = p.cache_at(name)
+    try:
+      meta = reader.read_meta(str(path))
+      reader.check_meta(meta, str(path), seq_len=int(rc.data.seq_len), vocab=str(rc.data.vocab),
+                        task=meta.get("task") if not str(rc.data.task).startswith("circuits.") else str(rc.data.task),
+                        add_bos=bool(rc.data.add_bos), pack=bool(rc.data.pack), n_sequences=n_rows, seed=seed)
+      if meta.get("data_config", {}).get("synthetic") != rc.data.synthetic.to_dict():
+        raise reader.CacheError("synthetic parameters differ")
+    except reader.CacheError:
+      from circuits.data import cache_builder
+      cache_builder.build_cache(rc.data, seed=seed, n_rows=n_rows, path=str(path), progress=progress)
+      built.append(name)
   sw, t = study.sweep, int(study.data.seq_len)
   spec = combined_spec(study)
   lo, hi = span_ids(study)
@@ -122,7 +125,9 @@ def job_data(study, p: Paths, progress: bool = True) -> dict:
       if study.data.add_bos else body
   np.savez(p.probes / "heldout.npz", rows_NxT1=rows.astype(np.int32), p_N=span_p.astype(np.int32),
            m_N=span_m.astype(np.int32), offset=np.int32(int(bool(study.data.add_bos))))
-  return dict(cache=str(p.cache), rows=n_rows, built=built)
+  names = caches(study)
+  return dict(cache=str(p.cache_at(next(iter(names)))), caches=names, rows=n_rows, built=bool(built),
+              built_caches=built)
 
 
 class CombinedSource:

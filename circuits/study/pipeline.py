@@ -10,7 +10,8 @@ a killed job resumes: training from its newest checkpoint, sweeps from their com
 
 Layout of a study workdir:
   study_config.json            the resolved study config (what the jobs read)
-  cache/                       the packed-token cache shared by the families
+  cache/                       the packed-token cache shared by the families (a study whose runs set
+                               data_seed has one per seed instead: cache_data<seed>/)
   probes/combined.npz, probes/synthetic.npz, probes/heldout.npz
   <family>/run/                the trainer's workdir (metrics.jsonl, checkpoints/, tb/)
   <family>/sweep_<probe>/      discovery tables, ablations, summary.json, report.html

@@ -26,6 +26,7 @@ from circuits import rundir
 from circuits.discovery import report as R
 from circuits.files import atomic_write_json, atomic_write_text
 from circuits.study import analysis as SA
+from circuits.study import seeds as SS
 
 
 def _fmt_marker(v) -> str:
@@ -203,6 +204,12 @@ def write(study, p) -> dict:
   summary = SA.summarize(study, p)
   summary["timings_s"] = timings(p)
   summary["findings"] = findings(summary)
+  seeded = "seeds" in study
+  if seeded:
+    summary["seeds"] = SS.summarize(study, p, summary["families"])
+  seed_fig = fig_seeds(study, p, out) if seeded else None
+  seed_secs = seeds_sections(study, summary["seeds"]) if seeded else []
+  choices = pilot_choice_rows(study)
   figs = [fig_first_mass(study, p, out), fig_induction(study, p, out), fig_span_loss(study, p, out),
           fig_ablations(study, p, out)]
   atomic_write_json(out / "summary.json", summary, indent=1, default=str)
@@ -240,6 +247,13 @@ def write(study, p) -> dict:
         f"model\"), T = {study.data.seq_len}, batch {study.train.batch_size} "
         f"({summary['tokens_per_step']} tokens per step).", "", "## Findings", ""]
   md += [f"- {x}" for x in summary["findings"]]
+  for title, rows in seed_secs:
+    md += ["", f"## {title}", ""]
+    md += [f"- {x}" for x in rows] if rows and isinstance(rows[0], str) else [_md_table(rows)]
+    if title.startswith("Seeds: what"):
+      md += ["", f"![{seed_fig}]({seed_fig})"]
+  if choices:
+    md += ["", "## Choices that moved a result in the pilots", "", _md_table(choices)]
   md += ["", "## Transition markers (first checkpoint or logged step where the condition holds)", "",
          _md_table(marker_rows), "", "## Gaps", "", _md_table(gap_rows), "", "## Causal check (final checkpoint)", "",
          _md_table(causal_rows), "", "## Final values", "", _md_table(final_rows), "", "## Marker definitions", ""]
@@ -250,12 +264,21 @@ def write(study, p) -> dict:
   atomic_write_text(out / "report.md", "\n".join(md) + "\n")
   # ---- html
   body = [f"<h1>Study {html.escape(study.name)}: when do induction heads and first-token sinks form?</h1>",
-          "<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in summary["findings"]) + "</ul>",
-          "<h2>Transition markers</h2>" + R._table(marker_rows),  # pylint: disable=protected-access
-          "<h2>Gaps (induction marker minus sink marker)</h2>" + R._table(gap_rows),  # pylint: disable=protected-access
-          "<h2>Causal check at the final checkpoint</h2>" + R._table(causal_rows),  # pylint: disable=protected-access
-          "<h2>Final values</h2>" + R._table(final_rows),  # pylint: disable=protected-access
-          "<h2>Marker definitions</h2>" + R._kv(defs)]  # pylint: disable=protected-access
+          "<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in summary["findings"]) + "</ul>"]
+  for title, rows in seed_secs:
+    if rows and isinstance(rows[0], str):
+      body.append(f"<h2>{html.escape(title)}</h2><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in rows) + "</ul>")
+    else:
+      body.append(f"<h2>{html.escape(title)}</h2>" + R._table(rows))  # pylint: disable=protected-access
+    if title.startswith("Seeds: what"):
+      body.append(f"<img src='{seed_fig}'>")
+  if choices:
+    body.append("<h2>Choices that moved a result in the pilots</h2>" + R._table(choices))  # pylint: disable=protected-access
+  body += ["<h2>Transition markers</h2>" + R._table(marker_rows),  # pylint: disable=protected-access
+           "<h2>Gaps (induction marker minus sink marker)</h2>" + R._table(gap_rows),  # pylint: disable=protected-access
+           "<h2>Causal check at the final checkpoint</h2>" + R._table(causal_rows),  # pylint: disable=protected-access
+           "<h2>Final values</h2>" + R._table(final_rows),  # pylint: disable=protected-access
+           "<h2>Marker definitions</h2>" + R._kv(defs)]  # pylint: disable=protected-access
   for x in figs:
     body.append(f"<h2>{html.escape(x)}</h2><img src='{x}'>")
   body.append("<h2>Recipes</h2>" + R._table(recipe_rows))  # pylint: disable=protected-access
@@ -270,7 +293,7 @@ def write(study, p) -> dict:
   page = (f"<!doctype html><html><head><meta charset='utf-8'><title>study {html.escape(study.name)}</title>"
           f"<style>{R._CSS}</style></head><body>{''.join(body)}</body></html>\n")  # pylint: disable=protected-access
   atomic_write_text(out / "report.html", page)
-  return {"report": str(out / "report.html"), "figures": figs}
+  return {"report": str(out / "report.html"), "figures": figs + ([seed_fig] if seed_fig else [])}
 
 
 def _md_table(rows) -> str:
@@ -280,3 +303,115 @@ def _md_table(rows) -> str:
   fmt = lambda v: (f"{v:.4g}" if isinstance(v, float) else str(v)).replace("|", "/")
   return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] +
                    ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows])
+
+
+# ------------------------------------------------------------------------------------------- seeds
+
+def _g(x) -> str:
+  return "-" if x is None else f"{x:g}"
+
+
+def _range(st: dict, fmt=_g) -> str:
+  return "-" if st["median"] is None else f"{fmt(st['min'])} to {fmt(st['max'])}"
+
+
+def _run_tag(run: str) -> str:
+  return run.rsplit("_", 1)[-1] if "_" in run else run
+
+
+def fig_seeds(study, p, out: Path) -> str:
+  """seeds.png: per family (columns), every replicate's trajectory (thin) and the median over replicates (thick):
+  max first_mass over heads (trainer), span-copy loss and max sel_induction (in-distribution probe)."""
+  S = SS
+  plt = R._plt()  # pylint: disable=protected-access
+  grp = S.groups(study)
+  rows = (("first_mass", "max first_mass over heads (trainer)", float(study.markers.first_mass), "linear"),
+          ("span_copy_loss", "loss on the span's second copy (nats)", float(study.markers.span_copy_loss), "linear"),
+          ("sel_induction", "max sel_induction over heads (in-distribution)", float(study.markers.sel_induction),
+           "log"))
+  fig, axes = plt.subplots(len(rows), len(grp), figsize=(4.2 * len(grp), 3.0 * len(rows)), squeeze=False)
+  for j, (fam, runs) in enumerate(grp.items()):
+    tr = {r: S.trajectories(study, p, r) for r in runs}
+    for i, (key, title, thr, scale) in enumerate(rows):
+      ax = axes[i, j]
+      curves = {r: tr[r][key] for r in runs if key in tr[r]}
+      for k, (r, (s, v)) in enumerate(curves.items()):
+        ax.plot(s, v, "-", lw=0.8, alpha=0.6, color=f"C{k}", label=f"{_run_tag(r)}: {S.seed_label(study, r)}")
+      if curves:
+        s, med, _ = S.median_curve(curves)
+        ax.plot(s, med, "-", lw=2.2, color="k", label=f"median of {len(curves)}")
+      ax.axhline(thr, color="k", ls=":", lw=1)
+      if scale == "log":
+        ax.set_yscale("log", nonpositive="clip")
+      ax.set_title(f"{fam}: {title}", fontsize=8)
+      ax.set_xlabel("step")
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=5)
+  return R._save(fig, out, "seeds.png")  # pylint: disable=protected-access
+
+
+def _choice_value(study, key: str) -> str:
+  if key.startswith("families.*."):
+    field = key.split(".", 2)[2]
+    vals = [study.families[r].get(field, None) for r in study.family_order]
+    uniq = list(dict.fromkeys("unset" if v is None else str(v) for v in vals))
+    return ", ".join(uniq)
+  node = study
+  for part in key.split("."):
+    node = node.get(part, None) if hasattr(node, "get") else None
+  return "unset" if node is None else str(node)
+
+
+def pilot_choice_rows(study) -> list[dict]:
+  """The config's `pilot_choices` (choice -> fields, note) with the values this study uses."""
+  if "pilot_choices" not in study:
+    return []
+  return [{"choice": name, "config": ", ".join(c.fields), "value": "; ".join(_choice_value(study, k) for k in c.fields),
+           "why it matters (pilots)": c.note} for name, c in study.pilot_choices.items()]
+
+
+def seeds_sections(study, ss: dict) -> list[tuple[str, object]]:
+  """(title, rows or sentences) of the seeds report: verdicts, markers over seeds, gaps per seed, PR lead."""
+  out = [("Seeds: what the spread says", ss["verdicts"]["sentences"])]
+  seed_rows = [{"family": f, **{_run_tag(r): lab for r, lab in labs.items()}} for f, labs in ss["seeds"].items()]
+  out.append(("Seeds: the replicates (model seed / data seed)", seed_rows))
+  mrows = []
+  for f, a in ss["families"].items():
+    for n, m in a["markers"].items():
+      mrows.append({"family": f, "marker": n, "seeds reached": f"{m['n_reached']} of {m['n_seeds']}",
+                    "step median": _g(m["step_stats"]["median"]), "step range": _range(m["step_stats"]),
+                    "tokens median": "-" if m["tokens_stats"]["median"] is None else f"{m['tokens_stats']['median']:.3g}",
+                    "tokens range": _range(m["tokens_stats"], lambda x: f"{x:.3g}"),
+                    "per seed (step)": ", ".join(f"{_run_tag(r)} {_g(s) if s is not None else 'not reached'}"
+                                                 for r, s in zip(a["runs"], m["step"]))})
+  out.append(("Seeds: markers (median and range over the seeds that reached each)", mrows))
+  grows = []
+  for f, a in ss["families"].items():
+    for n, g in a["gaps"].items():
+      grows.append({"family": f, "gap (induction minus sink)": n,
+                    "per seed (steps)": ", ".join(f"{_run_tag(r)} {_g(s) if s is not None else 'undefined'}"
+                                                  for r, s in zip(a["runs"], g["steps"])),
+                    "median": _g(g["steps_stats"]["median"]), "range": _range(g["steps_stats"]),
+                    "tokens median": "-" if g["tokens_stats"]["median"] is None else f"{g['tokens_stats']['median']:.3g}",
+                    "sink first / induction first / same / undefined":
+                        f"{g['n_sink_first']} / {g['n_induction_first']} / {g['n_same']} / {len(g['steps']) - g['n_defined']}"})
+  out.append(("Seeds: sink-minus-induction gaps per seed (steps; > 0: the sink came first)", grows))
+  d = ss["pr_lead_definition"]
+  lead_lines = [f"Definition: {d['text']}"]
+  lead_lines += [SS.pr_lead_sentence(f, x["family"], d["k"], d["threshold"]) for f, x in ss["pr_lead"].items()]
+  out.append(("PR lead (F5) on our runs", lead_lines))
+  srows, hrows = [], []
+  for f, x in ss["pr_lead"].items():
+    for r, pr in x["per_seed"].items():
+      c = pr["counts"]
+      srows.append({"family": f, "run": r, "seeds": ss["seeds"][f][r], "measured": pr["measured"],
+                    "heads crossing": pr["n_heads"], "lead": c["lead"], "same checkpoint": c["same checkpoint"],
+                    "after": c["after"], "no PR rise": c["no PR rise"], "median lead (steps)": _g(pr["lead_steps_median"])})
+      for h in pr["heads"]:
+        hrows.append({"run": r, "head": f"L{h['layer']}H{h['head']}", "final circuit": h["in_final_circuit"],
+                      "PR_0": h["pr_first"], "PR before cross": h["pr_before_cross"], "PR at cross": h["pr_at_cross"],
+                      "rise step": _g(h["rise_step"]), "cross step": _g(h["cross_step"]),
+                      "lead (steps)": _g(h["lead_steps"]), "verdict": h["verdict"]})
+  out.append(("PR lead per seed", srows))
+  out.append(("PR lead per head", hrows))
+  return out
