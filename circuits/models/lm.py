@@ -85,8 +85,9 @@ class LM(nnx.Module):
     scan_layers: run the blocks as one `lax.scan` over their stacked parameters (the remat policy around the
     scan body) instead of unrolled: the program holds one block, compiles once, and its backward pass is a
     loop in which each layer's recomputation and parameter-gradient reduction happen in that layer's
-    iteration (unrolled, XLA may hoist every layer's recomputation ahead and combine every layer's gradient
-    all-reduce into one after the backward, keeping them all alive: the 1B configs use it). The same math;
+    iteration (unrolled on a sharded mesh, XLA:CPU combined every layer's gradient all-reduce into one after the
+    backward, deferring every layer's weight-gradient matmuls and keeping their inputs alive: Pythia-1B 21.6 GiB
+    against 4.3 GiB scanned; the 1B configs scan). The same math within float rounding;
     captures with per-layer arrays, query rows, patterns or extremes need the unrolled path.
     """
     cfg = self.cfg
