@@ -19,9 +19,9 @@ TRAIN_FIELDS = {"family", "size", "params_total", "params_active_N", "batch", "s
                 "tokens_per_step", "flops_per_token", "step_s", "step_s_diag_off", "step_s_probe_ran",
                 "step_s_probe_skipped", "step_s_reference", "tokens_per_s", "tokens_per_s_diag_off",
                 "tokens_per_s_reference", "probe_every_K", "probe_extra_s", "probe_amortised_frac", "compile_s",
-                "ratios"}
+                "ratios", "step_s_bf16"}
 TRAIN_RATIOS = {"mfu", "mfu_diag_off", "mfu_reference", "diagnostics_on_over_off", "probe_skipped_over_plain",
-                "ours_over_reference", "ours_diag_off_over_reference"}
+                "ours_over_reference", "ours_diag_off_over_reference", "bf16_over_fp32"}
 
 
 def _ratios(tree, prefix=""):

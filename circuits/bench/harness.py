@@ -44,6 +44,7 @@ class Settings:
   peak_n: int = 2048  # matmul side n of the peak measurement
   probe_every: int = 100  # K of the in-loop probe
   probe_n: int = 32  # in-loop probe examples (config probe.n default)
+  bf16: bool = True  # also time the trainer with bf16 activations (model.dtype), interleaved with fp32
   scaling_family: str = "pythia"
   scaling_size: str = "10M"
   scaling_seq_lens: tuple = (256, 512, 1024)  # batch = tokens_per_step // T

@@ -158,14 +158,16 @@ def _markdown_core(res: dict) -> str:
            f"**Trainer** (batch {st['batch']} x T {st['seq_len']}; {m['flop_formula']}; MFU against the f32 peak; "
            f"probe K = {st['probe_every']}, {st['probe_n']} examples):", "",
            "| family | size | params total / N | step s | tokens/s | MFU | diag on/off (>= 0.98) | probe amortised "
-           "(<= 1%) | ours / reference | compile s | warmup / repeats |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "(<= 1%) | ours / reference | bf16 / fp32 activations | compile s | warmup / repeats |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in res.get("train", []):
     q = r["ratios"]
+    bf16 = f"{q['bf16_over_fp32']:.2f}" if "bf16_over_fp32" in q else "-"
     lines.append(f"| {r['family']} | {r['size']} | {r['params_total'] / 1e6:.1f}M / {r['params_active_N'] / 1e6:.1f}M "
                  f"| {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | {q['mfu'] * 100:.1f}% | "
                  f"{q['diagnostics_on_over_off']:.3f} | {r['probe_amortised_frac'] * 100:.2f}% | "
-                 f"{q['ours_over_reference']:.2f} | {r['compile_s']['train_step']:.1f} | {r['warmup']} / {r['repeats']} |")
+                 f"{q['ours_over_reference']:.2f} | {bf16} | {r['compile_s']['train_step']:.1f} | "
+                 f"{r['warmup']} / {r['repeats']} |")
   if "io" not in res:
     return "\n".join(lines) + "\n"
   d = res["discovery"]

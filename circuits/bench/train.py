@@ -20,13 +20,15 @@ def model_fields(family: str, size: str) -> dict:
 
 
 def run_config(family: str, size: str, batch: int, seq_len: int, *, diagnostics: bool = True,
-               probe_every: int = 0, probe_n: int = 32):
-  """A trainer config (configs.base) of `family` at bench size `size`; no checkpoints, no progress bar."""
+               probe_every: int = 0, probe_n: int = 32, dtype: str = "float32"):
+  """A trainer config (configs.base) of `family` at bench size `size`; no checkpoints, no progress bar;
+  dtype: model.dtype (activations; params, optimizer, softmax, loss and diagnostics stay fp32)."""
   from configs.base import base_config
   from configs.base import model_fields as mf
 
   c = base_config()
   c.model = mf(**model_fields(family, size))
+  c.model.dtype = dtype
   c.data.seq_len = seq_len
   c.train.update(batch_size=batch, steps=1_000_000, warmup_steps=10, diagnostics=diagnostics, progress=False)
   c.checkpoint.enabled = False
@@ -106,7 +108,8 @@ class _Reference:
 
 
 def bench_train_one(st: Settings, family: str, size: str, peak_f32_gflops: float) -> dict:
-  """One family at one size: diagnostics on (default trainer), off, probe at K, bare reference."""
+  """One family at one size: diagnostics on (default trainer, fp32), off, probe at K, bare reference, and (with
+  st.bf16) the default trainer with bf16 activations."""
   k = st.probe_every
   on = _Ours(run_config(family, size, st.batch, st.seq_len, diagnostics=True))
   off = _Ours(run_config(family, size, st.batch, st.seq_len, diagnostics=False))
@@ -123,9 +126,11 @@ def bench_train_one(st: Settings, family: str, size: str, peak_f32_gflops: float
     assert not bool(m["probe_ran"])
     rounds["n"] += 1
 
+  fns = {"diag_on": on, "diag_off": off, "probe_ran": probe_ran, "probe_skipped": probe_skipped, "reference": ref}
+  if st.bf16:
+    fns["bf16"] = _Ours(run_config(family, size, st.batch, st.seq_len, diagnostics=True, dtype="bfloat16"))
   warmup, repeats = st.timing(size)
-  r = interleaved({"diag_on": on, "diag_off": off, "probe_ran": probe_ran, "probe_skipped": probe_skipped,
-                   "reference": ref}, warmup, repeats)
+  r = interleaved(fns, warmup, repeats)
   cfg = on.s.model_cfg
   tokens = st.batch * st.seq_len
   fpt = flops_per_token(cfg, st.seq_len)
@@ -156,6 +161,9 @@ def bench_train_one(st: Settings, family: str, size: str, peak_f32_gflops: float
                  # throughput ours (diag on, the default) / bare reference; > 1: ours is faster
                  ours_over_reference=t_ref / t_on,
                  ours_diag_off_over_reference=t_ref / t_off))
+  if st.bf16:  # throughput with bf16 activations / fp32 (the default), same step otherwise
+    out["step_s_bf16"] = r["bf16"]["median_s"]
+    out["ratios"]["bf16_over_fp32"] = t_on / r["bf16"]["median_s"]
   return out
 
 
