@@ -101,8 +101,12 @@ def online_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK=None, *, kind: str = "softm
         l2 = l * c + w.sum(-1)
         acc2 = None if acc is None else acc * c[..., None] + jnp.einsum("bgrqc,bgck->bgrqk", w, vb)
         a2 = None
-        if a is not None:
+        if a is not None and sigmoid:
           a2 = a * lax.stop_gradient(c) + lax.stop_gradient(jnp.sum(w * logw, -1))  # hidden keys: w = 0
+        elif a is not None:  # sum_s w_s l_s = q . (sum_s w_s k_s) / sqrt(K): a [Q, C] x [C, K] matmul instead
+          # of a second elementwise pass over the [Q, C] block (the product w * l and its sum)
+          wk = jnp.einsum("bgrqc,bgck->bgrqk", lax.stop_gradient(w), kb)
+          a2 = a * lax.stop_gradient(c) + lax.stop_gradient(jnp.sum(wk * qb_BxGxRxQxK, -1) * inv_sqrt_k)
         return m2, l2, acc2, a2
 
       return lax.cond(j <= i, compute, lambda c: c, carry), None
