@@ -266,3 +266,57 @@ def test_layout_fields_and_resume_comparison():
          if k not in ("attention_impl", "attention_block", "fused_qkv", "qk_norm")}
   assert _model_math(old) == _model_math(ModelConfig(attention_impl="blockwise").to_dict())
   assert _model_math(old) != _model_math(ModelConfig(attention="gated").to_dict())
+
+
+SPLASH_SHARDED = r'''
+import os, json
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from circuits.models import attention as A, kernels
+from circuits.train import sharding as shd
+rng = np.random.default_rng(7)
+b, t, h, g, kd = 4, 256, 2, 1, 128
+q, k, v = (jnp.asarray(rng.normal(size=s) * 0.3, jnp.float32) for s in ((b, t, h, kd), (b, t, g, kd), (b, t, g, kd)))
+sink = jnp.asarray(rng.normal(size=(h,)), jnp.float32)
+seg = jnp.asarray(np.sort(rng.integers(0, 3, size=(b, t)), axis=1), jnp.int32)
+w = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+mask = A.causal_mask(jnp.broadcast_to(jnp.arange(t), (b, t)), seg)
+exact = lambda q, k, v, s: jnp.sum(A.attend(q, k, v, mask, A.Probe(), kind="sink_logit", sink_logit_H=s)[0] * w)
+mesh = shd.make_mesh(dict(data=2, fsdp=2), jax.devices()[:4])
+
+def splash(q, k, v, s):
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    z = kernels.splash_attention(q, k, v, kind="sink_logit", sink_logit_H=s, segment_ids_BxT=seg, block=128,
+                                 interpret=True)
+  return jnp.sum(z * w)
+
+bs = NamedSharding(mesh, P(shd.BATCH_AXES))
+f = jax.jit(jax.value_and_grad(splash, argnums=(0, 1, 2, 3)), in_shardings=(bs, bs, bs, NamedSharding(mesh, P())))
+hlo = f.lower(q, k, v, sink).as_text()
+out, grads = f(q, k, v, sink)
+ref_out, ref_grads = jax.value_and_grad(exact, argnums=(0, 1, 2, 3))(q, k, v, sink)
+rel = lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
+print("RESULT " + json.dumps(dict(out=rel(out, ref_out), grads=[rel(a, r) for a, r in zip(grads, ref_grads)],
+                                  shard_map="shard_map" in hlo or "sdy.manual_computation" in hlo)))
+'''
+
+
+def test_splash_under_a_batch_mesh_runs_per_device():
+  """4 fake devices (data 2 x fsdp 2), the trainer's abstract mesh active: splash (interpret mode, sink logits,
+  segments) runs inside shard_map over the batch axes and equals `attend` on the whole batch: the loss and
+  every gradient, the replicated sink logits' included (summed over devices), rel 1e-5."""
+  import json
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  p = subprocess.run([sys.executable, "-c", SPLASH_SHARDED], cwd=root, env=env, capture_output=True, text=True,
+                     timeout=600)
+  assert p.returncode == 0, p.stderr[-4000:]
+  out = json.loads(p.stdout.split("RESULT ", 1)[1])
+  assert out["shard_map"], "the kernel call was not wrapped in shard_map"
+  assert out["out"] <= 1e-5 and max(out["grads"]) <= 1e-5, out

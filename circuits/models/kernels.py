@@ -6,9 +6,9 @@ Legend: B batch, T queries, S keys (T == S, causal), H heads, G kv heads, K head
     MultiHeadMask, called per example (vmap over B) as kernel(q[H,T,K], k[G,S,K], v[G,S,K], segment_ids,
     sinks[H]). GQA (H % G == 0), segment ids, and a per-head sink logit with its gradient: softmax1 = sinks
     of 0, sink_logit = the learned b_h. No scale argument: q is pre-scaled by 1/sqrt(K). Runs on CPU only in
-    Pallas interpret mode (`interpret=True`; tests, slow). On a multi-device mesh the kernel is not
-    partitioned by GSPMD (a Mosaic custom call): it should run under `jax.shard_map` over the batch axes;
-    that wiring and its speed are for the TPU device check.
+    Pallas interpret mode (`interpret=True`; tests, slow). GSPMD cannot partition the kernel (a Mosaic custom
+    call): under a mesh that splits the batch (the trainer's abstract mesh) it runs inside `jax.shard_map`
+    over the batch axes, each device on its own rows (the sink logits replicated, their gradient summed).
   cudnn (GPU): `jax.nn.dot_product_attention(..., is_causal=True, implementation="cudnn")`. bf16/fp16 inputs
     only, head_dim <= 256 and a multiple of 8; no sink, softmax1 or sigmoid; segment masks go in as a
     [B, 1, T, S] bool mask (O(B T S) bools, not per head). cuDNN cannot run on CPU, and there is no
@@ -23,7 +23,9 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
+from circuits.models import layers as L
 from circuits.models.config import IMPL_KINDS
 
 
@@ -82,12 +84,18 @@ def splash_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, *, kind: str = "softmax", 
   k = k_BxSxGxK.transpose(0, 2, 1, 3)
   v = v_BxSxGxK.transpose(0, 2, 1, 3)
 
-  def one(q1, k1, v1, seg1):
-    seg = None if seg1 is None else sa.SegmentIds(q=seg1, kv=seg1)
-    return kernel(q1, k1, v1, segment_ids=seg, sinks=sinks)
+  def rows(q, k, v, seg, sinks):  # [b, ...] rows on one device
+    def one(q1, k1, v1, seg1):
+      seg = None if seg1 is None else sa.SegmentIds(q=seg1, kv=seg1)
+      return kernel(q1, k1, v1, segment_ids=seg, sinks=sinks)
+    return jax.vmap(one, in_axes=(0, 0, 0, None if seg is None else 0))(q, k, v, seg)
 
   seg = None if segment_ids_BxT is None else segment_ids_BxT.astype(jnp.int32)
-  z_BxHxTxK = jax.vmap(one, in_axes=(0, 0, 0, None if seg is None else 0))(q, k, v, seg)
+  axes = L.batch_axes(b, "splash attention")
+  if axes:  # P() for the sinks: replicated in, their per-device gradients summed by shard_map's transpose
+    rows = jax.shard_map(rows, in_specs=(P(axes),) * 4 + (P(),), out_specs=P(axes), axis_names=set(axes),
+                         check_vma=False)
+  z_BxHxTxK = rows(q, k, v, seg, sinks)
   return z_BxHxTxK.transpose(0, 2, 1, 3).astype(q_BxTxHxK.dtype)
 
 

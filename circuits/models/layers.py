@@ -9,6 +9,7 @@ Logical axis names (the only place they are declared; circuits/train/sharding.py
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -170,3 +171,20 @@ class Embed(nnx.Module):
 
   def __call__(self, tokens_BxT, dtype):
     return jnp.take(self.embedding[...], tokens_BxT, axis=0).astype(dtype)
+
+
+def batch_axes(b: int, who: str) -> tuple[str, ...]:
+  """The active abstract mesh's batch axes of size > 1 (circuits.train.sharding.BATCH_AXES) when they split b
+  evenly; () when no mesh is active or it does not split the batch (then no jax.shard_map is needed). Code
+  that GSPMD cannot partition (per-device MoE routing, Pallas kernels) runs under shard_map over these."""
+  from circuits.train.sharding import BATCH_AXES  # lazy: circuits.train imports the models
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return ()
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+  n = math.prod(mesh.shape[a] for a in axes)
+  if n > 1 and b % n:
+    raise ValueError(f"{who}: the batch of {b} rows does not split over the mesh's batch axes {axes} ({n} devices);"
+                     f" use a batch size divisible by {n}")
+  return axes

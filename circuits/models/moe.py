@@ -61,21 +61,6 @@ def grouped_matmul(x_MxD, w_ExDxF, sizes_E, impl: str):
   return y[:m] if pad else y
 
 
-def _batch_axes(b: int) -> tuple[str, ...]:
-  """The active abstract mesh's batch axes of size > 1 when they split b evenly (else (): no shard_map)."""
-  from circuits.train.sharding import BATCH_AXES  # lazy: circuits.train imports the models
-
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return ()
-  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
-  n = math.prod(mesh.shape[a] for a in axes)
-  if n > 1 and b % n:
-    raise ValueError(f"MoE: the batch of {b} rows does not split over the mesh's batch axes {axes} ({n} devices);"
-                     f" use a batch size divisible by {n}")
-  return axes
-
-
 class MoE(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -89,7 +74,7 @@ class MoE(nnx.Module):
   def __call__(self, x_BxTxD):
     """(y_BxTxD, stats): stats are diagnostics.routing_stats of the whole batch plus topk_idx_NxK."""
     ws = tuple(w[...] for w in (self.router, self.gate, self.up, self.down))  # cast to dt where used
-    axes = _batch_axes(x_BxTxD.shape[0])
+    axes = L.batch_axes(x_BxTxD.shape[0], "MoE")
     if not axes:
       y_BxTxD, probs_NxE, idx_NxK, logits_NxE = _route_and_compute(self.cfg, x_BxTxD, *ws)
       stats = diagnostics.routing_stats(probs_NxE, idx_NxK, logits_NxE)
