@@ -35,9 +35,9 @@ CPU_SCHEDULER_FLAG = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZ
 if "xla_cpu_scheduler_type" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CPU_SCHEDULER_FLAG).strip()
 
-from absl import app, flags  # pylint: disable=wrong-import-position
+from absl import app, flags  # noqa: E402  # pylint: disable=wrong-import-position
 
-from circuits import cli  # pylint: disable=wrong-import-position
+from circuits import cli  # noqa: E402  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "our trainer's run directory (Orbax checkpoints under <run>/checkpoints)")
