@@ -8,6 +8,7 @@
 --revisions: paper (the paper's 10), all (Pythia's 154, or every step branch of the repo), step1000,step3000,
 or a file with one name per line. Each revision's config and weights are fetched into the Hugging Face cache
 (HF_HUB_CACHE; HF_HUB_OFFLINE=1 serves from it), one at a time, and converted in memory (--dtype).
+OLMoE-1B-7B on a CPU machine: --dtype bfloat16 --moe_impl dense (peak memory in docs/benchmarks.md).
 
 FILE: JSON lines {"name", "path", "tokens"[, "step"]} or CSV `name,path,tokens[,step]` (tokens derivable
 from Pythia `step{N}` and OLMo `step{N}-tokens{X}B` names). A killed sweep resumes where it stopped.
@@ -26,9 +27,17 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+# XLA:CPU's default scheduler keeps the fp32 casts of every layer's bfloat16 weights live at once
+# (OLMoE-1B-7B, --dtype bfloat16, dense MoE, 4 x 256 tokens: XLA temp 1.57 GiB per layer, 25 GiB in all, an OOM
+# on a 24 GB machine); the memory-optimised scheduler frees them layer by layer (1.3 GiB in all at 4 layers).
+# Set before jax starts its backend; other backends ignore xla_cpu_ flags.
+CPU_SCHEDULER_FLAG = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+if "xla_cpu_scheduler_type" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CPU_SCHEDULER_FLAG).strip()
 
-from circuits import cli
+from absl import app, flags  # noqa: E402  # pylint: disable=wrong-import-position
+
+from circuits import cli  # noqa: E402  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "our trainer's run directory (Orbax checkpoints under <run>/checkpoints)")
@@ -39,6 +48,11 @@ flags.DEFINE_string("cache_dir", None, "with --hf_repo: the Hugging Face cache f
 flags.DEFINE_bool("dry_run", False, "with --hf_repo: list the revisions and what would be fetched, then stop")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "parameter dtype of Hugging Face checkpoints "
                   "(bfloat16 halves memory; attention and every measurement stay fp32)")
+flags.DEFINE_enum("moe_impl", None, ["ragged", "gmm", "dense"], "MoE checkpoints (OLMoE): how the experts are "
+                  "computed (circuits.models.moe; default: the config's, ragged). On CPU use dense: XLA:CPU lowers "
+                  "ragged_dot to masked [experts, assignments, d_model] copies (8x dense's work, GiBs per layer) and "
+                  "gmm runs megablox in Pallas interpret mode (minutes per layer); dense does every expert on every "
+                  "token (8x the expert FLOPs at top-8 of 64) in small buffers")
 flags.DEFINE_string("out", None, "output folder")
 flags.DEFINE_string("probe", None, "optional .npz synthetic/in-distribution probe (query at T-1)")
 flags.DEFINE_string("natural", None, "optional .npz natural-text induction batch")
@@ -84,12 +98,14 @@ def main(argv):
       print(hub.plan_table(FLAGS.hf_repo, hub.resolve(FLAGS.hf_repo, FLAGS.revisions, FLAGS.cache_dir),
                            FLAGS.cache_dir))
       return
-    revs = hub.revisions(FLAGS.hf_repo, FLAGS.revisions, cache_dir=FLAGS.cache_dir, dtype=FLAGS.dtype)
+    revs = hub.revisions(FLAGS.hf_repo, FLAGS.revisions, cache_dir=FLAGS.cache_dir, dtype=FLAGS.dtype,
+                         moe_impl=FLAGS.moe_impl)
   elif FLAGS.run:
     revs = revisions.from_run(FLAGS.run)
   else:
     revs = revisions.from_list(FLAGS.hf_revisions,
-                               loader=lambda p: revisions.load_checkpoint_dir(p, dtype=FLAGS.dtype))
+                               loader=lambda p: revisions.load_checkpoint_dir(p, dtype=FLAGS.dtype,
+                                                                                 moe_impl=FLAGS.moe_impl))
   cfg = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=FLAGS.chunk, n_detect=FLAGS.n_detect,
                                                         devices=FLAGS.devices),
                           ablations=FLAGS.ablations, induction_threshold=FLAGS.induction_threshold,

@@ -64,3 +64,28 @@ def test_reader_releases_handles_and_reads_bf16(tmp_path):
   flat = convert_tensors(ck, "olmoe", config_from_hf(c), dtype="bfloat16")
   assert not ck._handles  # pylint: disable=protected-access  # every shard released after its last tensor
   assert all(str(v.dtype) == "bfloat16" for v in flat.values())
+
+
+@pytest.mark.parametrize("moe_impl", [None, "dense"])
+def test_discovery_loader_bf16_and_moe_impl_match_transformers(tmp_path, moe_impl):
+  """What `launch.discover --hf_revisions F --dtype bfloat16 [--moe_impl dense]` loads (OLMoE on a CPU machine):
+  bfloat16 parameters, the chosen expert computation (None: the config's, ragged), and the logits of transformers
+  on the same bfloat16 file (read exactly into fp32) within 1e-4; compute is fp32 either way."""
+  torch = pytest.importorskip("torch")
+  import transformers
+  from flax import nnx
+
+  from circuits.discovery import revisions
+  path = random_hf.write(tmp_path / "ck", _small("allenai/OLMoE-1B-7B-0924"), dtype="bfloat16", std=0.2,
+                         shard_bytes=20_000)
+  cfg, model = revisions.load_checkpoint_dir(path, dtype="bfloat16", moe_impl=moe_impl)
+  assert cfg.moe_impl == (moe_impl or "ragged") and cfg.param_dtype == "bfloat16"
+  import jax
+  assert {str(x.dtype) for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {"bfloat16"}
+  ref = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+  tokens = np.random.RandomState(1).randint(0, 96, (2, 10))
+  with torch.no_grad():
+    want = ref(torch.tensor(tokens)).logits.numpy()
+  got = np.asarray(model(tokens.astype(np.int32)).logits_BxTxV)
+  assert got.dtype == np.float32 and np.abs(want).max() > 0.1
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)

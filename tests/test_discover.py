@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,8 @@ import pytest
 from circuits.data.probes import natural_induction_batch, synthetic_induction_batch
 from circuits.discovery import ablate, measure, revisions, sweep
 from circuits.discovery import table as T
+
+ROOT = Path(__file__).resolve().parents[1]
 
 N, T_LEN, VOCAB = 32, 32, 96
 CFG = sweep.SweepConfig(measure=measure.MeasureConfig(chunk=32, n_detect=2), n_seeds=20)
@@ -246,3 +251,47 @@ def test_failed_revision_and_full_disk_leave_files_consistent(tmp_path, monkeypa
   assert {p: (out / p).read_bytes() for p in before} == before
   res = sweep.sweep(revs, out, **kw)  # a rerun resumes
   assert res["done"] == ["step16"] and list(T.revisions_in_order(res["table"])) == ["step1", "step16", "step256"]
+
+
+_TEMP_CODE = """
+import sys
+if sys.argv[1] == "cli":
+  import launch.discover  # pylint: disable=unused-import  # sets XLA_FLAGS as the command line does
+import jax, jax.numpy as jnp
+from flax import nnx
+from circuits.convert import random_hf
+from circuits.convert.hf import config_from_hf
+from circuits.discovery import measure
+from circuits.models import build_model
+temps = []
+for layers in (2, 4):
+  hf = dict(random_hf.PUBLISHED["allenai/OLMoE-1B-7B-0924"], hidden_size=256, num_hidden_layers=layers,
+            intermediate_size=256, vocab_size=128, num_experts=16, num_experts_per_tok=2)
+  cfg = config_from_hf(hf, param_dtype="bfloat16", moe_impl="dense")
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg, rngs=0)))
+  tokens = jax.ShapeDtypeStruct((2, 64), jnp.int32)
+  ma = measure._detect_chunk.lower(graphdef, state, tokens, False, False, 0).compile().memory_analysis()
+  temps.append(ma.temp_size_in_bytes)
+print(temps[0], temps[1])
+"""
+
+
+@pytest.mark.parametrize("mode", ["cli", "default"])
+def test_cli_scheduler_frees_fp32_weight_copies_layer_by_layer(mode):
+  """bfloat16 weights with fp32 compute (`--dtype bfloat16`): XLA:CPU's default scheduler keeps the fp32 copies
+  of every layer's expert weights live at once (the XLA temp grows by about one layer's fp32 experts per layer;
+  OLMoE-1B-7B ran out of memory allocating 25 GiB), the scheduler launch.discover selects does not (the temp of
+  4 layers is within a quarter layer of that of 2)."""
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  if mode == "default":
+    env["XLA_FLAGS"] = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT"
+  else:
+    env.pop("XLA_FLAGS", None)
+  r = subprocess.run([sys.executable, "-c", _TEMP_CODE, mode], cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=600, check=True)
+  t2, t4 = map(int, r.stdout.split()[-2:])
+  layer_fp32 = 3 * 16 * 256 * 256 * 4  # gate, up, down of 16 experts, d_model 256, width 256, fp32
+  if mode == "cli":
+    assert t4 - t2 < layer_fp32 / 4, (t2, t4)
+  else:
+    assert t4 - t2 > 1.5 * layer_fp32, (t2, t4)

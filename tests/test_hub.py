@@ -167,3 +167,24 @@ def test_cli_hub_sweep_dry_run_and_errors(cache, tmp_path):
   r = _cli(c, "--revisions", "step1,step999", "--out", str(tmp_path / "bad"), "--n", "8", "--seq_len", "24")
   assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
   assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "step999" in r.stderr
+
+
+def test_revisions_pass_dtype_and_moe_impl(tmp_path):
+  """hub.revisions(dtype=, moe_impl=) (the CLI's --dtype / --moe_impl) reach the converted model; defaults: fp32
+  parameters and the config's expert computation (ragged)."""
+  from flax import nnx
+  import jax
+  from circuits.convert import random_hf
+  c = dict(random_hf.PUBLISHED["allenai/OLMoE-1B-7B-0924"], hidden_size=32, num_hidden_layers=2, intermediate_size=16,
+           vocab_size=96, num_attention_heads=4, num_key_value_heads=4, num_experts=4, num_experts_per_tok=2)
+  _put(tmp_path / "cache", "local/tiny-olmoe", "step10-tokens1B", random_hf.write(tmp_path / "src", c, dtype="bfloat16"))
+  got = {}
+  for kw in ({}, {"dtype": "bfloat16", "moe_impl": "dense"}):
+    (rev,) = hub.revisions("local/tiny-olmoe", "step10-tokens1B", cache_dir=tmp_path / "cache", **kw)
+    cfg, model = rev.load()
+    dtypes = {str(x.dtype) for x in jax.tree.leaves(nnx.state(model, nnx.Param))}
+    got[cfg.moe_impl] = (cfg.param_dtype, dtypes)
+    tokens = np.arange(12, dtype=np.int32).reshape(2, 6) % 96
+    got[cfg.moe_impl] += (np.asarray(model(tokens).logits_BxTxV),)
+  assert got["ragged"][:2] == ("float32", {"float32"}) and got["dense"][:2] == ("bfloat16", {"bfloat16"})
+  np.testing.assert_allclose(got["dense"][2], got["ragged"][2], atol=1e-5, rtol=1e-5)  # bf16 file: same weights

@@ -5,8 +5,9 @@
 
 For each repo: two revisions of random weights in the published file dtype (circuits.convert.random_hf),
 listed in a revision file, go through the real command line
-`python -m launch.discover --hf_revisions FILE --out D --n N --seq_len 256 --ablations=false --analyze=false`,
-once per N in `ns`, each in its own process. Figures (named as in the rows):
+`python -m launch.discover --hf_revisions FILE --out D --n N --seq_len 256 --ablations=false --analyze=false`
+(plus CLI_ARGS[repo]: OLMoE with --dtype=bfloat16 --moe_impl=dense), once per N in `ns`, each in its own
+process. Figures (named as in the rows):
   wall_s[N]            the whole command (start, imports, conversion, compile, both revisions)
   first_rev_s[N]       start -> the first revision's table written (includes imports and compiles)
   next_rev_s[N]        first -> second revision's table written: load + convert + measure, compiled already
@@ -33,6 +34,9 @@ from circuits.convert import random_hf
 ROOT = Path(__file__).resolve().parents[2]
 FILE_DTYPE = {"EleutherAI/pythia-1b": "float16", "allenai/OLMo-1B-0724-hf": "float32",
               "allenai/OLMoE-1B-7B-0924": "bfloat16"}
+# extra CLI flags per repo: OLMoE-1B-7B in fp32 (28 GB) does not fit a 24 GB machine, and on CPU its experts run
+# dense (launch.discover --moe_impl explains why); the others keep the CLI defaults (fp32 parameters)
+CLI_ARGS = {"allenai/OLMoE-1B-7B-0924": ("--dtype=bfloat16", "--moe_impl=dense")}
 
 
 def _run_cli(list_file: Path, out: Path, n: int, seq_len: int, extra=()) -> dict:
@@ -82,13 +86,14 @@ def run(tmp, repos=("EleutherAI/pythia-1b", "allenai/OLMo-1B-0724-hf"), ns=(8, 2
       if out.exists():
         import shutil  # pylint: disable=import-outside-toplevel
         shutil.rmtree(out)
-      per_n[n] = _run_cli(list_file, out, n, seq_len)
+      per_n[n] = _run_cli(list_file, out, n, seq_len, CLI_ARGS.get(repo, ()))
       log(f"# {repo} N={n}: {per_n[n]['wall_s']:.0f} s, peak RSS {per_n[n]['peak_rss_gib']:.1f} GiB")
     n1, n2 = ns[0], ns[-1]
     slope = (per_n[n2]["next_rev_s"] - per_n[n1]["next_rev_s"]) / (n2 - n1)
     fixed = per_n[n1]["next_rev_s"] - n1 * slope
     peak = max(r["peak_rss_gib"] for r in per_n.values())
-    rows.append(dict(repo=repo, file_dtype=FILE_DTYPE[repo], seq_len=seq_len, ns=list(ns),
+    rows.append(dict(repo=repo, file_dtype=FILE_DTYPE[repo], cli_args=list(CLI_ARGS.get(repo, ())), seq_len=seq_len,
+                     ns=list(ns),
                      checkpoint_gib=size / 2**30, per_n={str(k): v for k, v in per_n.items()},
                      s_per_example=slope, fixed_rev_s=fixed, est_rev_s_2000=fixed + 2000 * slope,
                      peak_rss_gib=peak, rss_over_checkpoint=peak / (size / 2**30)))
@@ -102,7 +107,9 @@ def markdown(rows: list[dict]) -> str:
   body = ""
   for r in rows:
     per = ", ".join(f"N={k}: {v['next_rev_s']:.1f}" for k, v in r["per_n"].items())
-    body += (f"| {r['repo']} | {r['file_dtype']}, {r['checkpoint_gib']:.2f} GiB | {r['seq_len']} | {per} | "
+    args = " ".join(r.get("cli_args", ()))
+    body += (f"| {r['repo']}{f' (`{args}`)' if args else ''} | {r['file_dtype']}, {r['checkpoint_gib']:.2f} GiB | "
+             f"{r['seq_len']} | {per} | "
              f"{r['s_per_example']:.2f} | {r['fixed_rev_s']:.1f} | {r['est_rev_s_2000']:.0f} | "
              f"{r['peak_rss_gib']:.1f} | {r['rss_over_checkpoint']:.2f} |\n")
   return head + body

@@ -225,9 +225,10 @@ def plan_table(repo_id: str, names: Sequence[str], cache_dir=None) -> str:
 
 
 def revisions(repo_id: str, spec: str = "paper", *, cache_dir=None, dtype: str = "float32",
-              tokens: Optional[dict] = None, check: bool = True) -> list[Revision]:
+              tokens: Optional[dict] = None, check: bool = True, moe_impl: Optional[str] = None) -> list[Revision]:
   """Revisions of a Hub repository for `circuits.discovery.sweep`; each `load()` fetches (if needed) and
   converts in memory with weights in `dtype` (the attention and every measurement stay fp32).
+  moe_impl: MoE models only, how the experts are computed (circuits.models.moe; None: the config's).
 
   tokens: optional {name: tokens seen} for names that do not carry them (step{N}, step{N}-tokens{X}B do).
   check: first make sure every revision exists (check_available), so a typo fails before hours of work."""
@@ -247,7 +248,8 @@ def revisions(repo_id: str, spec: str = "paper", *, cache_dir=None, dtype: str =
 
     def load(name=name):
       from circuits import convert  # pylint: disable=import-outside-toplevel
-      return convert.from_hf(fetch(repo_id, name, cache_dir), dtype=dtype)
+      over = {} if moe_impl is None else {"moe_impl": moe_impl}
+      return convert.from_hf(fetch(repo_id, name, cache_dir), dtype=dtype, **over)
 
     out.append(Revision(safe_name(name), int(step if step is not None else len(out)), float(tok), loader=load,
                         source=f"hf://{repo_id}@{name}"))

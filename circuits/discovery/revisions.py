@@ -76,15 +76,17 @@ def model_from_params(cfg, params):
   return build(cfg, int_keys(params))
 
 
-def load_checkpoint_dir(path, dtype: str = "float32"):
+def load_checkpoint_dir(path, dtype: str = "float32", moe_impl: Optional[str] = None):
   """(cfg, model) from a converted directory (launch.convert) or a Hugging Face directory (config.json +
-  weights, converted in memory with parameters in `dtype`; attention and measurements stay fp32)."""
+  weights, converted in memory with parameters in `dtype`; attention and measurements stay fp32).
+  moe_impl: MoE models only, how the experts are computed (circuits.models.moe; None: the config's)."""
   path = Path(path)
   from circuits import convert  # pylint: disable=import-outside-toplevel
+  over = {} if moe_impl is None else {"moe_impl": moe_impl}
   if (path / "params").exists():
-    return convert.load_converted(path)
+    return convert.load_converted(path, **over)
   if (path / "config.json").exists():
-    return convert.from_hf(path, dtype=dtype)
+    return convert.from_hf(path, dtype=dtype, **over)
   raise RevisionError(f"{path}: neither a converted checkpoint (<dir>/params from `python -m launch.convert`) "
                       "nor a Hugging Face directory (config.json)")
 
