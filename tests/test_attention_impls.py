@@ -306,17 +306,8 @@ def test_splash_under_a_batch_mesh_runs_per_device():
   """4 fake devices (data 2 x fsdp 2), the trainer's abstract mesh active: splash (interpret mode, sink logits,
   segments) runs inside shard_map over the batch axes and equals `attend` on the whole batch: the loss and
   every gradient, the replicated sink logits' included (summed over devices), rel 1e-5."""
-  import json
-  import os
-  import subprocess
-  import sys
+  from tests.test_step_scale import run_result
 
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  p = subprocess.run([sys.executable, "-c", SPLASH_SHARDED], cwd=root, env=env, capture_output=True, text=True,
-                     timeout=600)
-  assert p.returncode == 0, p.stderr[-4000:]
-  out = json.loads(p.stdout.split("RESULT ", 1)[1])
+  out = run_result(SPLASH_SHARDED)
   assert out["shard_map"], "the kernel call was not wrapped in shard_map"
   assert out["out"] <= 1e-5 and max(out["grads"]) <= 1e-5, out

@@ -6,10 +6,6 @@ that layer's iteration of the backward loop, where unrolled blocks let XLA combi
 all-reduce into one after the backward (keeping all of them alive: the 1B memory table in the README).
 """
 
-import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +14,7 @@ from flax import nnx
 
 from circuits.models import Capture, build_model
 from circuits.train import config as config_lib
-from tests.test_step_scale import ROOT, batch_of, grad_fn, max_diff, tiny
+from tests.test_step_scale import batch_of, grad_fn, max_diff, run_result, tiny
 
 
 @pytest.mark.parametrize("family", ["pythia", "olmo", "olmoe"])
@@ -85,11 +81,7 @@ def test_scan_layers_reduces_each_layer_in_its_iteration():
   (the loss of one step within 1e-5, params within 1e-4), and no all-reduce of its compiled step carries more
   than one layer's MLP gradients (3: gate, up, down), where the unrolled step's combined all-reduce carries
   all 9 (measured 2026-12-03: that is what kept every layer's full gradient alive at 1B)."""
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  p = subprocess.run([sys.executable, "-c", SHARDED], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert p.returncode == 0, p.stderr[-4000:]
-  out = json.loads(p.stdout.split("RESULT ", 1)[1])
+  out = run_result(SHARDED)
   unrolled, scanned = out["False"], out["True"]
   assert max(abs(x - y) for x, y in zip(unrolled["losses"], scanned["losses"])) <= 1e-5
   assert max(max(abs(a - b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))

@@ -220,15 +220,21 @@ print("RESULT " + json.dumps(out))
 '''
 
 
+def run_result(script: str) -> dict:
+  """Run `script` in a fresh python (it sets its own XLA_FLAGS, e.g. fake devices) and return the JSON it
+  prints after "RESULT "."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-4000:]
+  return json.loads(p.stdout.split("RESULT ", 1)[1])
+
+
 def test_microbatches_sharded_stay_local():
   """4 fake devices, mesh data=2 x fsdp=2, m = 2 vs 1 device, m = 1: losses and params of 3 steps within
   1e-5 / 1e-4 (as tests/test_sharding.py), and no collective moves int32 batch data in the compiled step
   (other than the embedding lookup's id gather, which m = 1 has as well)."""
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  p = subprocess.run([sys.executable, "-c", SHARDED], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert p.returncode == 0, p.stderr[-4000:]
-  out = json.loads(p.stdout.split("RESULT ", 1)[1])
+  out = run_result(SHARDED)
   a, b = out["1"], out["2"]
   assert max(abs(x - y) for x, y in zip(a["losses"], b["losses"])) <= 1e-5
   assert max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a["params"], b["params"])) <= 1e-4
