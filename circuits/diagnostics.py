@@ -93,6 +93,26 @@ def reductions_from_row_stats(lse_real_BxHxT, mean_logw_BxHxT, logw_first_BxHxT,
   }
 
 
+def reductions_from_qk(q_BxTxHxK, k_BxSxGxK, lse_real_BxHxT, mean_logw_BxHxT, first_visible_BxT,
+                       prev_visible_BxT, *, kind: str, sink_logit_H=None) -> dict:
+  """`reductions_from_row_stats` with the logits at keys 0, t-1 and t computed from q and k (three O(T) dot
+  products, never a read of a [T, S] array). q and k are the operands the softmax saw (after QK-norm, clip_qkv and
+  rotary; unscaled: the 1/sqrt(K) is applied here), GQA allowed (H = G * R); every input is stop_gradient."""
+  b, t, h, kd = q_BxTxHxK.shape
+  g = k_BxSxGxK.shape[2]
+  sg = lambda x: jax.lax.stop_gradient(x.astype(jnp.float32))
+  q_BxTxGxRxK = sg(q_BxTxHxK).reshape(b, t, g, h // g, kd)
+  k_BxSxGxK = sg(k_BxSxGxK)
+  k_prev_BxTxGxK = jnp.concatenate([jnp.zeros_like(k_BxSxGxK[:, :1]), k_BxSxGxK[:, :-1]], 1)  # row t: key t-1
+  sqrt_k = float(kd) ** 0.5
+  dot = lambda kk: jnp.einsum("btgrk,btgk->bgrt", q_BxTxGxRxK, kk).reshape(b, h, t) / sqrt_k
+  s_first = jnp.einsum("btgrk,bgk->bgrt", q_BxTxGxRxK, k_BxSxGxK[:, 0]).reshape(b, h, t) / sqrt_k
+  logw = lambda s: attention_log_weights(s, kind, t)
+  return reductions_from_row_stats(
+      sg(lse_real_BxHxT), sg(mean_logw_BxHxT), logw(s_first), logw(dot(k_prev_BxTxGxK)), logw(dot(k_BxSxGxK)),
+      first_visible_BxT, prev_visible_BxT, kind=kind, sink_logit_H=None if sink_logit_H is None else sg(sink_logit_H))
+
+
 def attention_reductions_from_logits(logits_BxHxTxS, probs_BxHxTxS, mask_BxTxS, *, kind: str,
                                      sink_logit_H=None) -> dict:
   """`attention_reductions` of the exact attention, read off its logits by `reductions_from_row_stats`.

@@ -28,6 +28,17 @@ import time
 from circuits.train.memory import MEMORY_FLAGS  # noqa: E402  (one definition)
 TINY = dict(family="pythia", vocab_size=256, d_model=64, n_layers=1, n_heads=2, d_ff=128, rotary_pct=0.25,
             parallel_residual=True, qkv_bias=True)
+# the models of the diagnostics rows: a 1-layer stress case (attention is nearly the whole step, so every
+# extra operation of the stats shows) and the trainer benchmark's Pythia 10M (8 layers, d_model 256)
+DIAG_MODELS = ("1-layer d64", "pythia 10M")
+
+
+def diag_model(name: str) -> dict:
+  if name == "1-layer d64":
+    return TINY
+  from circuits.bench.train import model_fields
+  family, size = name.split()
+  return model_fields(family, size)
 
 
 def _loss_and_grad(model_cfg, stats: bool):
@@ -159,18 +170,19 @@ def _timed_step(model_cfg, seq_len: int, batch: int, stats: bool):
   return lambda: jax.block_until_ready(f(params, tok, tok))
 
 
-def bench_diag(seq_lens=(256, 512, 1024, 2048, 4096), tokens: int = 4096, model: dict | None = None,
+def bench_diag(seq_lens=(256, 512, 1024, 2048, 4096), tokens: int = 4096, model: str = "1-layer d64",
                warmup: int = 1, repeats: int = 5) -> list[dict]:
-  """Blockwise train step with diagnostics on vs off at each T (batch = tokens // T), interleaved."""
+  """Blockwise train step (loss and grads) of `model` (DIAG_MODELS) with diagnostics on vs off at each T
+  (batch = tokens // T), interleaved."""
   from circuits.bench import interleaved
   from circuits.models import ModelConfig
 
   rows = []
   for t in seq_lens:
     b = max(1, tokens // t)
-    cfg = ModelConfig(**dict(model or TINY, attention_impl="blockwise"))
+    cfg = ModelConfig(**dict(diag_model(model), attention_impl="blockwise"))
     r = interleaved({"on": _timed_step(cfg, t, b, True), "off": _timed_step(cfg, t, b, False)}, warmup, repeats)
-    rows.append(dict(section="diag", impl="blockwise", seq_len=t, batch=b, step_s_on=r["on"]["median_s"],
+    rows.append(dict(section="diag", impl="blockwise", model=model, seq_len=t, batch=b, step_s_on=r["on"]["median_s"],
                      step_s_off=r["off"]["median_s"], on_over_off=r["on"]["median_s"] and
                      r["off"]["median_s"] / r["on"]["median_s"]))
   return rows
@@ -205,7 +217,7 @@ def run(quick: bool = False) -> list[dict]:
     return (bench_diag((64,), tokens=128, warmup=1, repeats=1) +
             bench_impls((64,), tokens=128, warmup=1, repeats=1, memory=False) +
             memory_rows_subprocess((256, 512), ("exact", "blockwise")))
-  return (bench_diag() + bench_impls() +
+  return (bench_diag() + bench_diag(model="pythia 10M", warmup=1, repeats=3) + bench_impls() +
           memory_rows_subprocess((1024, 2048, 4096, 8192), ("blockwise",)) +
           memory_rows_subprocess((1024, 2048, 4096), ("exact",)))
 

@@ -23,6 +23,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
+from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
 from circuits import diagnostics
@@ -109,6 +110,31 @@ def causal_mask(positions_BxT, segment_ids_BxT=None):
   return mask_BxTxS
 
 
+def masked_logits(logits_BxHxTxS, mask_BxTxS):
+  """The logits plus fp32-min on hidden keys (visible keys unchanged). An additive 0 / fp32-min bias rather than
+  jnp.where on the logits: XLA:CPU fuses it into the softmax better (an attention microbenchmark: 3.3 -> 2.4 ms)."""
+  bias_BxTxS = jnp.where(mask_BxTxS, 0.0, jnp.finfo(jnp.float32).min)
+  return logits_BxHxTxS + bias_BxTxS[:, None]
+
+
+@jax.custom_jvp
+def softmax_lse(x_BxHxTxS):
+  """`jax.nn.softmax` over the last axis (the same operations and derivative) and each row's log-sum-exp from the
+  softmax's own max and sum ([B, H, T], fp32, no gradient): the lse costs no pass over [T, S]."""
+  m_BxHxTx1 = jnp.max(x_BxHxTxS, -1, initial=-jnp.inf, keepdims=True)
+  e_BxHxTxS = jnp.exp(x_BxHxTxS - m_BxHxTx1)
+  sum_BxHxTx1 = jnp.sum(e_BxHxTxS, -1, keepdims=True)
+  return e_BxHxTxS / sum_BxHxTx1, (m_BxHxTx1 + jnp.log(sum_BxHxTx1))[..., 0]
+
+
+@softmax_lse.defjvp
+def _softmax_lse_jvp(primals, tangents):
+  (x,), (x_dot,) = primals, tangents
+  p, lse = softmax_lse(x)
+  p_dot = p * (x_dot - (p * x_dot).sum(-1, keepdims=True))  # jax.nn.softmax's own rule
+  return (p, lse), (p_dot, jnp.zeros_like(lse))
+
+
 def attention_weights(logits_BxHxTxS, mask_BxTxS, kind: str = "softmax", sink_logit_H=None):
   """Attention weights of each variant, fp32 [B, H, T, S]; masked keys get exactly 0.
 
@@ -121,10 +147,7 @@ def attention_weights(logits_BxHxTxS, mask_BxTxS, kind: str = "softmax", sink_lo
   sigmoid   : sigmoid(l + b) with b = -ln(S), no normalisation (Ramapuram et al. 2024, "Theory, Analysis,
               and Best Practices for Sigmoid Self-Attention"); rows may place more or less than 1.
   """
-  # An additive 0 / fp32-min bias rather than jnp.where on the logits: the same values on visible keys, and
-  # XLA:CPU fuses it into the softmax better (an attention microbenchmark: 3.3 -> 2.4 ms).
-  bias_BxTxS = jnp.where(mask_BxTxS, 0.0, jnp.finfo(jnp.float32).min)
-  masked = logits_BxHxTxS + bias_BxTxS[:, None]
+  masked = masked_logits(logits_BxHxTxS, mask_BxTxS)
   if kind in ("softmax", "gated"):
     return jax.nn.softmax(masked, axis=-1)
   if kind in ("softmax1", "sink_logit"):
@@ -155,7 +178,12 @@ def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, probe: Probe, kind: str 
   v_BxGxSxK = v_BxSxGxK.astype(jnp.float32).transpose(0, 2, 1, 3)
   logits_BxGxRxTxS = jnp.einsum("bgrtk,bgsk->bgrts", q_BxGxRxTxK, k_BxGxSxK)
   logits_BxHxTxS = logits_BxGxRxTxS.reshape(b, h, t, -1) / math.sqrt(k)
-  probs_BxHxTxS = attention_weights(logits_BxHxTxS, mask_BxTxS, kind, sink_logit_H)
+  fused_stats = probe.stats and kind in ("softmax", "gated")
+  if fused_stats:  # the row's lse from the softmax's own max and sum
+    masked_BxHxTxS = masked_logits(logits_BxHxTxS, mask_BxTxS)
+    probs_BxHxTxS, lse_BxHxT = softmax_lse(masked_BxHxTxS)
+  else:
+    probs_BxHxTxS = attention_weights(logits_BxHxTxS, mask_BxTxS, kind, sink_logit_H)
   probs_BxGxRxTxS = probs_BxHxTxS.reshape(b, g, r, t, -1)
   z_BxGxRxTxK = jnp.einsum("bgrts,bgsk->bgrtk", probs_BxGxRxTxS, v_BxGxSxK)
   z_BxTxHxK = z_BxGxRxTxK.reshape(b, h, t, k).transpose(0, 2, 1, 3).astype(q_BxTxHxK.dtype)
@@ -163,12 +191,19 @@ def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, probe: Probe, kind: str 
     z_BxTxHxK = z_BxTxHxK * gate_BxTxHxK
 
   aux = {}
-  if probe.stats:
-    # From the weights, not the logits: in a fwd+bwd program the weights are materialised anyway and their
-    # reductions fuse with the softmax, while every pass over the logits (the lse-based
-    # diagnostics.attention_reductions_from_logits) was measured to cost more (CPU, B 8, H 4, T 256:
-    # +1.5% vs +13.6% of the attention's fwd+bwd time).
-    aux["stats"] = diagnostics.attention_reductions(probs_BxHxTxS, normalised=kind in ("softmax", "gated"))
+  if fused_stats:
+    # The blockwise pass's formulas (diagnostics.reductions_from_row_stats), with no log or exp per element:
+    # the lse from the softmax above, sum_s p_s l_s one multiply-add pass over the weights and masked logits the
+    # softmax already holds, the masses from three O(T) dot products of q and k (reading no [T, S] array, so
+    # XLA keeps the mask fused into the score matmul). The per-element p log p of attention_reductions cost up
+    # to +80% transcendentals and was measured at on/off 0.95-0.98 against 1.00-1.05 for this (AMD, 2026-12-03).
+    mean_l_BxHxT = jnp.sum(lax.stop_gradient(probs_BxHxTxS) * lax.stop_gradient(masked_BxHxTxS), -1)
+    prev_vis_BxT = jnp.pad(jnp.diagonal(mask_BxTxS, offset=-1, axis1=1, axis2=2), ((0, 0), (1, 0)))
+    aux["stats"] = diagnostics.reductions_from_qk(q_BxTxHxK, k_BxSxGxK, lse_BxHxT, mean_l_BxHxT, mask_BxTxS[:, :, 0],
+                                                  prev_vis_BxT, kind=kind)
+  elif probe.stats:  # softmax1, sink_logit, sigmoid: lse and sum p~ log w from the logits and weights
+    aux["stats"] = diagnostics.attention_reductions_from_logits(logits_BxHxTxS, probs_BxHxTxS, mask_BxTxS, kind=kind,
+                                                                sink_logit_H=sink_logit_H)
   if probe.patterns_BxPxTxS is not None:  # e.g. TransformerLens detector patterns, reduced in place
     aux["pattern_sums_BxPxH"] = jnp.einsum("bhts,bpts->bph", probs_BxHxTxS,
                                            probe.patterns_BxPxTxS.astype(jnp.float32))

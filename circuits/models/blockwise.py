@@ -126,26 +126,15 @@ def online_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK=None, *, kind: str = "softm
 
 def _row_stats(q_BxTxHxK, k_BxSxGxK, m, l, a, *, kind, segment_ids_BxT, sink_logit_H):
   """The five ATTN_REDUCTIONS (each [H]) from the pass's m, l, a and three O(T) logit diagonals."""
-  b, t, h, kd = q_BxTxHxK.shape
-  g = k_BxSxGxK.shape[2]
-  f32 = jnp.float32
-  q = lax.stop_gradient(q_BxTxHxK.astype(f32)).reshape(b, t, g, h // g, kd)
-  k = lax.stop_gradient(k_BxSxGxK.astype(f32))
-  k_prev = jnp.concatenate([jnp.zeros_like(k[:, :1]), k[:, :-1]], 1)  # row t holds key t-1
-  dot = lambda kk: jnp.einsum("btgrk,btgk->bgrt", q, kk).reshape(b, h, t) / math.sqrt(kd)
-  s_first = jnp.einsum("btgrk,bgk->bgrt", q, k[:, 0]).reshape(b, h, t) / math.sqrt(kd)
-  logw = lambda s: diagnostics.attention_log_weights(s, kind, t)
+  b, t, h, _ = q_BxTxHxK.shape
   lse_real = (jnp.log(l) if kind == "sigmoid" else m + jnp.log(l)).reshape(b, h, t)
-  mean_logw = (a / l).reshape(b, h, t)
   if segment_ids_BxT is None:
     first_vis = prev_vis = jnp.ones((b, t), bool)
   else:
     first_vis = segment_ids_BxT == segment_ids_BxT[:, :1]
     prev_vis = jnp.concatenate([jnp.zeros((b, 1), bool), segment_ids_BxT[:, 1:] == segment_ids_BxT[:, :-1]], 1)
-  sink = None if sink_logit_H is None else lax.stop_gradient(sink_logit_H)
-  return diagnostics.reductions_from_row_stats(
-      lax.stop_gradient(lse_real), lax.stop_gradient(mean_logw), logw(s_first), logw(dot(k_prev)), logw(dot(k)),
-      first_vis, prev_vis, kind=kind, sink_logit_H=sink)
+  return diagnostics.reductions_from_qk(q_BxTxHxK, k_BxSxGxK, lse_real, (a / l).reshape(b, h, t), first_vis,
+                                        prev_vis, kind=kind, sink_logit_H=sink_logit_H)
 
 
 def blockwise_attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, *, kind: str = "softmax", sink_logit_H=None,
