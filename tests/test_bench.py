@@ -76,7 +76,8 @@ def test_bench_quick(tmp_path):
   assert [r["n"] for r in sc["discovery"]["vs_n"]] == m["settings"]["disc_ns"]
 
   att = res["attention"]
-  assert {r["section"] for r in att} == {"diag", "impls", "memory"}
+  assert {r["section"] for r in att} == {"diag", "impls", "memory", "cost"}
+  assert all(r["transcendentals_on_over_off"] > 0 and r["bytes_off"] > 0 for r in att if r["section"] == "cost")
   assert all(r["on_over_off"] > 0 for r in att if r["section"] == "diag")
   mem = {(r["impl"], r["seq_len"]): r for r in att if r["section"] == "memory"}
   assert mem[("exact", 512)]["ts_shapes"] and mem[("blockwise", 512)]["temp_bytes"] > 0  # at T <= block (512)

@@ -5,7 +5,9 @@
     python -m circuits.bench.attention train_1b --config pythia_1b --seq_len 2048 --batch 8 --devices 8
 
 Sections:
-  diag        blockwise train step, diagnostics on/off throughput ratio at T = 256..4096 (timed interleaved)
+  diag        blockwise train step, diagnostics on/off throughput ratio at T = 256..4096 (timed interleaved), for a
+              1-layer stress model and for the trainer benchmark's Pythia 10M
+  cost        exact path, diagnostics on/off: XLA cost analysis (FLOPs, bytes, transcendentals) of the compiled step
   impls       blockwise vs exact: train step seconds (interleaved) and XLA temp memory, side by side
   memory      XLA `memory_analysis()` temp bytes of a tiny model's train step (value_and_grad) vs T, per impl,
               compiled from abstract inputs in a subprocess under the memory-optimized CPU scheduler
@@ -211,13 +213,41 @@ def bench_impls(seq_lens=(256, 1024, 2048), tokens: int = 4096, model: dict | No
   return rows
 
 
+def bench_cost(seq_lens=(256, 512, 1024), tokens: int = 4096, models=DIAG_MODELS, impl: str = "exact") -> list:
+  """XLA's cost analysis of the compiled loss-and-grad step, diagnostics on / off: FLOPs, bytes accessed and
+  transcendentals (exp, log, ...). Compile only, no timing: load does not move it, so it shows what the
+  diagnostics add where timings are too noisy to. Exact path only: XLA counts a loop body once, so the
+  blockwise scans are not costed."""
+  import jax
+  import jax.numpy as jnp
+
+  from circuits.models import ModelConfig
+
+  rows = []
+  for name in models:
+    for t in seq_lens:
+      b = max(1, tokens // t)
+      cost = {}
+      for stats in (True, False):
+        _, params, f = _loss_and_grad(ModelConfig(**dict(diag_model(name), attention_impl=impl)), stats)
+        tok = jax.ShapeDtypeStruct((b, t), jnp.int32)
+        c = f.lower(params, tok, tok).compile().cost_analysis()
+        cost[stats] = c[0] if isinstance(c, list) else c
+      on, off = cost[True], cost[False]
+      key = {"flops": "flops", "bytes": "bytes accessed", "transcendentals": "transcendentals"}
+      rows.append(dict(section="cost", impl=impl, model=name, seq_len=t, batch=b,
+                       **{f"{k}_off": off.get(v, 0.0) for k, v in key.items()},
+                       **{f"{k}_on_over_off": on.get(v, 0.0) / max(off.get(v, 0.0), 1.0) for k, v in key.items()}))
+  return rows
+
+
 def run(quick: bool = False) -> list[dict]:
   """Every section's rows (quick: tiny shapes, one timed round)."""
   if quick:
-    return (bench_diag((64,), tokens=128, warmup=1, repeats=1) +
+    return (bench_diag((64,), tokens=128, warmup=1, repeats=1) + bench_cost((64,), tokens=128, models=DIAG_MODELS[:1]) +
             bench_impls((64,), tokens=128, warmup=1, repeats=1, memory=False) +
             memory_rows_subprocess((256, 512), ("exact", "blockwise")))
-  return (bench_diag() + bench_diag(model="pythia 10M", warmup=1, repeats=3) + bench_impls() +
+  return (bench_diag() + bench_diag(model="pythia 10M", warmup=1, repeats=3) + bench_cost() + bench_impls() +
           memory_rows_subprocess((1024, 2048, 4096, 8192), ("blockwise",)) +
           memory_rows_subprocess((1024, 2048, 4096), ("exact",)))
 

@@ -120,6 +120,14 @@ def _markdown_scale(res: dict) -> str:
               "|---|---|---|---|---|---|"]
     lines += [f"| {r.get('model', '1-layer d64')} | {r['seq_len']} | {r['batch']} | {r['step_s_on']:.4f} | "
               f"{r['step_s_off']:.4f} | {r['on_over_off']:.3f} |" for r in diag]
+  cost = [r for r in rows if r.get("section") == "cost"]
+  if cost:
+    lines += ["", "**Attention: what the exact path's diagnostics add, by XLA's cost analysis** (the compiled loss-and-"
+              "grad step with diagnostics on / off; no timing, so load does not move it; XLA:CPU's fusion choices may differ "
+              "between CPUs):", "",
+              "| model | T | batch | FLOPs on/off | bytes accessed on/off | transcendentals on/off |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['seq_len']} | {r['batch']} | {r['flops_on_over_off']:.4f} | "
+              f"{r['bytes_on_over_off']:.4f} | {r['transcendentals_on_over_off']:.4f} |" for r in cost]
   impls = [r for r in rows if r.get("section") == "impls"]
   if impls:
     mib = lambda b: "-" if b is None else f"{b / 2**20:.1f}"
@@ -130,7 +138,7 @@ def _markdown_scale(res: dict) -> str:
     lines += [f"| {r['seq_len']} | {r['batch']} | {r['step_s_exact']:.4f} | {r['step_s_blockwise']:.4f} | "
               f"{r['blockwise_over_exact_throughput']:.2f} | {mib(r['temp_bytes_exact_b1'])} | "
               f"{mib(r['temp_bytes_blockwise_b1'])} |" for r in impls]
-  mem = [r for r in rows if "temp_bytes" in r and r.get("section") not in ("impls", "diag")]
+  mem = [r for r in rows if "temp_bytes" in r and r.get("section") not in ("impls", "diag", "cost")]
   if mem:
     lines += ["", "**Attention: memory vs T** (XLA temp bytes of one train step, batch 1, memory-optimised CPU "
               "scheduler; T x S-sized buffers counted in the compiled program):", "",
