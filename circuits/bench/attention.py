@@ -184,7 +184,8 @@ def bench_diag(seq_lens=(256, 512, 1024, 2048, 4096), tokens: int = 4096, model:
     b = max(1, tokens // t)
     cfg = ModelConfig(**dict(diag_model(model), attention_impl="blockwise"))
     r = interleaved({"on": _timed_step(cfg, t, b, True), "off": _timed_step(cfg, t, b, False)}, warmup, repeats)
-    rows.append(dict(section="diag", impl="blockwise", model=model, seq_len=t, batch=b, step_s_on=r["on"]["median_s"],
+    rows.append(dict(section="diag", impl="blockwise", model=model, seq_len=t, batch=b,
+                     step_s_on=r["on"]["median_s"],
                      step_s_off=r["off"]["median_s"], on_over_off=r["on"]["median_s"] and
                      r["off"]["median_s"] / r["on"]["median_s"]))
   return rows
@@ -244,7 +245,8 @@ def bench_cost(seq_lens=(256, 512, 1024), tokens: int = 4096, models=DIAG_MODELS
 def run(quick: bool = False) -> list[dict]:
   """Every section's rows (quick: tiny shapes, one timed round)."""
   if quick:
-    return (bench_diag((64,), tokens=128, warmup=1, repeats=1) + bench_cost((64,), tokens=128, models=DIAG_MODELS[:1]) +
+    return (bench_diag((64,), tokens=128, warmup=1, repeats=1) +
+            bench_cost((64,), tokens=128, models=DIAG_MODELS[:1]) +
             bench_impls((64,), tokens=128, warmup=1, repeats=1, memory=False) +
             memory_rows_subprocess((256, 512), ("exact", "blockwise")))
   return (bench_diag() + bench_diag(model="pythia 10M", warmup=1, repeats=3) + bench_cost() + bench_impls() +

@@ -196,7 +196,8 @@ def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, probe: Probe, kind: str 
     # the lse from the softmax above, sum_s p_s l_s one multiply-add pass over the weights and masked logits the
     # softmax already holds, the masses from three O(T) dot products of q and k (reading no [T, S] array, so
     # XLA keeps the mask fused into the score matmul). The per-element p log p of attention_reductions cost up
-    # to +80% transcendentals and was measured at on/off 0.95-0.98 against 1.00-1.05 for this (AMD, 2026-12-03).
+    # to +83% transcendentals; side by side, on/off read 0.89-1.02 with it and 1.00-1.15 with this (AMD, noisy;
+    # docs/benchmarks.md, 2026-12-03).
     mean_l_BxHxT = jnp.sum(lax.stop_gradient(probs_BxHxTxS) * lax.stop_gradient(masked_BxHxTxS), -1)
     prev_vis_BxT = jnp.pad(jnp.diagonal(mask_BxTxS, offset=-1, axis1=1, axis2=2), ((0, 0), (1, 0)))
     aux["stats"] = diagnostics.reductions_from_qk(q_BxTxHxK, k_BxSxGxK, lse_BxHxT, mean_l_BxHxT, mask_BxTxS[:, :, 0],
