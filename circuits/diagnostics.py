@@ -32,6 +32,8 @@ def attention_reductions(probs_BxHxTxS, normalised: bool = True) -> dict:
   self_mass: attention on key t (the diagonal); unplaced_mass: 1 - sum of the row, the mass a softmax1 or
     sink-logit row puts on no real key (about 0 for softmax; negative when a sigmoid row sums above 1).
   Rows are causal (T == S, query t sees keys 0..t). Masses are raw weights, never renormalised.
+  This is the definition (and the tests' reference): the attention itself computes the same values without the
+  weights' per-element log, from per-row statistics (`reductions_from_row_stats`), for every impl.
   """
   p = probs_BxHxTxS.astype(jnp.float32)
   row_sum = p.sum(-1)

@@ -3,7 +3,8 @@
 Legend: B batch, T queries, S keys, D d_model, H heads, G kv heads, R = H / G, K head_dim, L layers.
 
 Besides its output, the op can return, when asked (never a [B, H, T, S] tensor):
-  stats: per-head reductions of the probabilities (circuits.diagnostics.attention_reductions), each [H];
+  stats: per-head reductions of the probabilities (defined by circuits.diagnostics.attention_reductions; computed
+    from per-row statistics by diagnostics.reductions_from_row_stats, tested equal), each [H];
   pattern_sums_BxPxH: per example, the attention mass on each of P given 0/1 key patterns [B, P, T, S];
   rows_BxHxS / z_BxHxK: the attention row and the pre-output-projection vector at one query per example;
 and it can scale (zero) or replace chosen heads' z at the output-projection input, for ablations.
