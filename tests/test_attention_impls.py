@@ -204,21 +204,15 @@ def test_no_ts_residual_in_backward():
 
 def test_exact_stats_add_no_per_element_transcendentals():
   """The exact path's diagnostics (softmax) take the lse from the softmax's own max and sum and the masses from
-  O(T) dot products: XLA's cost analysis of the compiled loss-and-grad step counts about as many transcendentals
-  with stats as without (measured 1.003-1.011), where a per-element p log p entropy (attention_reductions of the
-  weights, the pre-2026-12-03 path) counted 1.3-1.8x. T 128, so the [T, S] elements dominate the count."""
+  O(T) dot products: XLA's cost analysis of the compiled loss-and-grad step (the bench's `cost` rows) counts
+  about as many transcendentals with stats as without (measured 1.003-1.011), where a per-element p log p
+  entropy (attention_reductions of the weights, the pre-2026-12-03 path) counted 1.3-1.8x (1.37 here). T 128,
+  so the [T, S] elements dominate the count."""
   from circuits.bench import attention as bench_attention
 
-  def transcendentals(stats):
-    cfg = ModelConfig(**dict(bench_attention.TINY, attention_impl="exact"))
-    _, params, f = bench_attention._loss_and_grad(cfg, stats)
-    tok = jax.ShapeDtypeStruct((4, 128), jnp.int32)
-    cost = f.lower(params, tok, tok).compile().cost_analysis()
-    return (cost[0] if isinstance(cost, list) else cost)["transcendentals"]
-
-  off, on = transcendentals(False), transcendentals(True)
-  assert off > 4 * 2 * 128 * 128  # the softmax's exp over [B, H, T, S] is counted
-  assert on / off <= 1.05, (on, off)
+  (row,) = bench_attention.bench_cost((128,), tokens=512, models=("1-layer d64",))
+  assert row["batch"] == 4 and row["transcendentals_off"] > 4 * 2 * 128 * 128  # the softmax's exp is counted
+  assert row["transcendentals_on_over_off"] <= 1.05, row
 
 
 def test_memory_grows_linearly_in_T():

@@ -6,7 +6,6 @@ that layer's iteration of the backward loop, where unrolled blocks let XLA combi
 all-reduce into one after the backward (keeping all of them alive: the 1B memory table in the README).
 """
 
-
 import jax
 import jax.numpy as jnp
 import pytest

@@ -116,9 +116,9 @@ def test_remat_unknown_policy_is_refused():
 def test_microbatches_equal_full_batch(family):
   """m = 4 vs m = 1 on the same batch (mask with unequal token counts per microbatch): loss, grads, every
   diagnostic within 1e-6, the params after one update of the trainer's optimizer within 1% of the learning rate
-  (AdamW's per-element normalisation; see below). OLMoE's lb_loss is the mean over microbatches of each one's lb_loss (not linear in
-  the tokens): checked against m = 1 on each microbatch (rows i::4); the router aux coefficient is 0 for the
-  gradient comparison, so that the objective is the same function."""
+  (AdamW's per-element normalisation; see below). OLMoE's lb_loss is the mean over microbatches of each one's
+  lb_loss (not linear in the tokens): checked against m = 1 on each microbatch (rows i::4); the router aux
+  coefficient is 0 for the gradient comparison, so that the objective is the same function."""
   c = tiny(family)
   if family == "olmoe":
     c.model.router_aux_loss_coef = 0.0
@@ -152,10 +152,10 @@ def test_microbatches_equal_full_batch(family):
 
 def test_microbatched_step_updates_like_full_batch(family="olmoe"):
   """One jitted train step (setup: validation, shardings, optimizer) with m = 4 vs m = 1: metrics within 1e-6,
-  the updated params (lr > 0 at step 0) within 1% of lr; the step counter advances by one either way. One family: the step wraps
-  `make_grad_fn` the same way for every family, and each family's microbatched grad fn is compared above
-  (test_microbatches_equal_full_batch); OLMoE, the one with router terms, stands for all three (each family
-  here cost 20-40 s of suite time)."""
+  the updated params (lr > 0 at step 0) within 1% of lr; the step counter advances by one either way. One
+  family: the step wraps `make_grad_fn` the same way for every family, and each family's microbatched grad fn
+  is compared above (test_microbatches_equal_full_batch); OLMoE, the one with router terms, stands for all
+  three (each family here cost 20-40 s of suite time)."""
   res = {}
   for m in (1, 4):
     c = tiny(family, microbatches=m, warmup_steps=0)  # lr > 0 at step 0: the update moves the params
