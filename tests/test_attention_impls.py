@@ -202,16 +202,19 @@ def test_no_ts_residual_in_backward():
   assert ts_residuals(tiny("pythia", attention_impl="blockwise")) == []
 
 
-def test_exact_stats_add_no_per_element_transcendentals():
-  """The exact path's diagnostics (softmax) take the lse from the softmax's own max and sum and the masses from
-  O(T) dot products: XLA's cost analysis of the compiled loss-and-grad step (the bench's `cost` rows) counts
-  about as many transcendentals with stats as without (measured 1.003-1.011), where a per-element p log p
-  entropy (attention_reductions of the weights, the pre-2026-12-03 path) counted 1.3-1.8x (1.37 here). T 128,
-  so the [T, S] elements dominate the count."""
+@pytest.mark.parametrize("impl", ["exact", "blockwise"])
+def test_stats_add_no_per_element_transcendentals(impl):
+  """The diagnostics (softmax) take the lse from the softmax's own max and sum (exact) or the online softmax's
+  running max and sum (blockwise), and the masses from O(T) dot products: XLA's cost analysis of the compiled
+  loss-and-grad step (the bench's `cost` rows; blockwise with one key block, so every element is counted)
+  counts about as many transcendentals with stats as without (measured 1.003-1.02), where a per-element
+  p log p entropy (attention_reductions of the weights, the exact path before 2026-12-03) counted 1.3-1.8x
+  (1.37 here). T 128, so the [T, S] elements dominate the count."""
   from circuits.bench import attention as bench_attention
 
-  (row,) = bench_attention.bench_cost((128,), tokens=512, models=("1-layer d64",))
-  assert row["batch"] == 4 and row["transcendentals_off"] > 4 * 2 * 128 * 128  # the softmax's exp is counted
+  (row,) = bench_attention.bench_cost((128,), tokens=512, models=("1-layer d64",), impl=impl)
+  assert row["impl"] == impl and row["batch"] == 4
+  assert row["transcendentals_off"] > 4 * 2 * 128 * 128  # the softmax's exp over every element is counted
   assert row["transcendentals_on_over_off"] <= 1.05, row
 
 
