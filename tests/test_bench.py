@@ -79,6 +79,10 @@ def test_bench_quick(tmp_path):
   assert {r["section"] for r in att} == {"diag", "impls", "memory", "cost"}
   assert all(r["transcendentals_on_over_off"] > 0 and r["bytes_off"] > 0 for r in att if r["section"] == "cost")
   assert all(r["on_over_off"] > 0 for r in att if r["section"] == "diag")
+  for row in [r["on_over_off_paired"] for r in att if r["section"] == "diag"] + \
+      [r["diagnostics_on_over_off_paired"] for r in res["train"]]:
+    assert row["rounds"] >= 1 and row["ci95"][0] <= row["median"] <= row["ci95"][1]
+  assert "on/off paired [95% CI]" in r.stdout
   mem = {(r["impl"], r["seq_len"]): r for r in att if r["section"] == "memory"}
   assert mem[("exact", 512)]["ts_shapes"] and mem[("blockwise", 512)]["temp_bytes"] > 0  # at T <= block (512)
   # blockwise is one T x T block too; T >= 1024 is tests/test_attention_impls.py::test_memory_grows_linearly_in_T
@@ -99,3 +103,18 @@ def test_interleaved_rotates_the_order_and_times_every_call():
   res = bench.interleaved(fns, warmup=1, repeats=3)
   assert calls == list("abc" "bca" "cab" "abc")  # round r starts at variant r mod 3
   assert all(len(v["timed_s"]) == 3 and v["first_s"] >= 0 for v in res.values())
+
+
+def test_paired_ratio_reads_rounds_side_by_side():
+  # load that moves between rounds (here 1x, 3x, 2x) cancels in the per-round ratios: exactly 0.9 every round
+  off = [1.0, 3.0, 2.0, 3.0, 1.0, 2.0, 3.0]
+  p = bench.paired_ratio([0.9 * x for x in off], off)
+  assert p["rounds"] == 7 and p["median"] == pytest.approx(0.9) and p["ci95"] == pytest.approx([0.9, 0.9])
+  # noisy rounds: the interval holds the median and narrows with more rounds (fixed seeds throughout)
+  rng = __import__("numpy").random.default_rng(1)
+  ratios = 0.95 + 0.03 * rng.standard_normal(400)
+  few, many = bench.paired_ratio(ratios[:10], [1.0] * 10), bench.paired_ratio(ratios, [1.0] * 400)
+  for q in (few, many):
+    assert q["ci95"][0] <= q["median"] <= q["ci95"][1]
+  assert many["ci95"][1] - many["ci95"][0] < few["ci95"][1] - few["ci95"][0]
+  assert many["ci95"][0] < 0.95 < many["ci95"][1]

@@ -26,12 +26,12 @@ MFU = flops_per_token * tokens/s / the measured f32 matmul peak (the models trai
 
 from circuits.bench.discovery import bench_discovery, bench_discovery_scaling
 from circuits.bench.harness import (FAMILIES, FLOP_FORMULA, MOE, SIZES, Settings, bench_peak, interleaved,
-                                    settings_from)
+                                    paired_ratio, settings_from)
 from circuits.bench.report import iter_ratios, markdown, run, write
 from circuits.bench.storage import bench_checkpoint, bench_conversion
 from circuits.bench.train import bench_diag_scaling, bench_train_one, flops_per_token, model_fields, param_counts, run_config
 
 __all__ = ["FAMILIES", "FLOP_FORMULA", "MOE", "SIZES", "Settings", "bench_checkpoint", "bench_conversion",
            "bench_diag_scaling", "bench_discovery", "bench_discovery_scaling", "bench_peak", "bench_train_one",
-           "flops_per_token", "interleaved", "iter_ratios", "markdown", "model_fields", "param_counts", "run",
+           "flops_per_token", "interleaved", "iter_ratios", "markdown", "model_fields", "paired_ratio", "param_counts", "run",
            "run_config", "settings_from", "write"]

@@ -177,7 +177,7 @@ def bench_diag(seq_lens=(256, 512, 1024, 2048, 4096), tokens: int = 4096, model:
                warmup: int = 1, repeats: int = 5) -> list[dict]:
   """Blockwise train step (loss and grads) of `model` (DIAG_MODELS) with diagnostics on vs off at each T
   (batch = tokens // T), interleaved."""
-  from circuits.bench import interleaved
+  from circuits.bench import interleaved, paired_ratio
   from circuits.models import ModelConfig
 
   rows = []
@@ -188,7 +188,8 @@ def bench_diag(seq_lens=(256, 512, 1024, 2048, 4096), tokens: int = 4096, model:
     rows.append(dict(section="diag", impl="blockwise", model=model, seq_len=t, batch=b,
                      step_s_on=r["on"]["median_s"],
                      step_s_off=r["off"]["median_s"], on_over_off=r["on"]["median_s"] and
-                     r["off"]["median_s"] / r["on"]["median_s"]))
+                     r["off"]["median_s"] / r["on"]["median_s"],
+                     on_over_off_paired=paired_ratio(r["off"]["timed_s"], r["on"]["timed_s"])))
   return rows
 
 
@@ -252,7 +253,7 @@ def run(quick: bool = False) -> list[dict]:
             bench_cost((64,), tokens=128, models=DIAG_MODELS[:1]) +
             bench_impls((64,), tokens=128, warmup=1, repeats=1, memory=False) +
             memory_rows_subprocess((256, 512), ("exact", "blockwise")))
-  return (bench_diag() + bench_diag(model="pythia 10M", warmup=1, repeats=3) + bench_cost() +
+  return (bench_diag(repeats=41) + bench_diag(model="pythia 10M", warmup=1, repeats=9) + bench_cost() +
           bench_cost(impl="blockwise") + bench_impls() +
           memory_rows_subprocess((1024, 2048, 4096, 8192), ("blockwise",)) +
           memory_rows_subprocess((1024, 2048, 4096), ("exact",)))

@@ -96,6 +96,19 @@ def interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) ->
       times[k].append(_now() - t0)
   return {k: dict(first_s=v[0], median_s=_median(v[warmup:]), timed_s=v[warmup:]) for k, v in times.items()}
 
+def paired_ratio(num_s, den_s, *, draws: int = 2000, seed: int = 0) -> dict:
+  """The ratio num / den of two interleaved variants read round by round (the two calls of one round ran
+  side by side, so load that drifts between rounds cancels): the median of the per-round ratios and a 95%
+  bootstrap interval of that median (percentiles 2.5 and 97.5 over `draws` resamples of the rounds, fixed
+  seed). With few rounds the interval is wide; it is what a reader compares a goal with."""
+  import numpy as np
+
+  r = np.asarray(num_s, float) / np.asarray(den_s, float)
+  boot = np.median(r[np.random.default_rng(seed).integers(0, len(r), (draws, len(r)))], 1)
+  return dict(median=float(np.median(r)), ci95=[float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+              rounds=len(r))
+
+
 def bench_peak(st: Settings) -> dict:
   """Matmul GFLOP/s = 2 n^3 / median seconds / 1e9 for f32 x f32 -> f32 and bf16 x bf16 -> f32 accumulation."""
   n = st.peak_n

@@ -108,6 +108,15 @@ def markdown(res: dict) -> str:
   return _markdown_core(res) + _markdown_scale(res)
 
 
+def _paired(row: dict, key: str = "on_over_off_paired") -> str:
+  p = row.get(key)
+  return f"{p['median']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]" if p else "-"
+
+
+def _rounds(row: dict, key: str = "on_over_off_paired") -> str:
+  return str(row[key]["rounds"]) if row.get(key) else "-"
+
+
 def _markdown_scale(res: dict) -> str:
   """The attention-at-scale and 1B-shaped discovery sections (empty when not run)."""
   lines = []
@@ -116,10 +125,11 @@ def _markdown_scale(res: dict) -> str:
   if diag:
     lines += ["", "**Attention: blockwise diagnostics on / off vs T** (loss and grads; `1-layer d64`: attention is "
               "nearly the whole step, the stress case; `pythia 10M`: the trainer benchmark's model; tokens per step "
-              "fixed, interleaved medians):", "", "| model | T | batch | step s on | step s off | on/off (>= 0.98) |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {r.get('model', '1-layer d64')} | {r['seq_len']} | {r['batch']} | {r['step_s_on']:.4f} | "
-              f"{r['step_s_off']:.4f} | {r['on_over_off']:.3f} |" for r in diag]
+              "fixed, interleaved medians; the paired column is the median of the per-round ratios with its 95% bootstrap "
+              "interval):", "", "| model | T | batch | rounds | step s on | step s off | on/off (>= 0.98) | "
+              "on/off paired [95% CI] |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.get('model', '1-layer d64')} | {r['seq_len']} | {r['batch']} | {_rounds(r)} | "
+              f"{r['step_s_on']:.4f} | {r['step_s_off']:.4f} | {r['on_over_off']:.3f} | {_paired(r)} |" for r in diag]
   cost = [r for r in rows if r.get("section") == "cost"]
   if cost:
     lines += ["", "**Attention: what the diagnostics add, by XLA's cost analysis** (the compiled loss-and-grad step "
@@ -175,7 +185,8 @@ def _markdown_core(res: dict) -> str:
     bf16 = f"{q['bf16_over_fp32']:.2f}" if "bf16_over_fp32" in q else "-"
     lines.append(f"| {r['family']} | {r['size']} | {r['params_total'] / 1e6:.1f}M / {r['params_active_N'] / 1e6:.1f}M "
                  f"| {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | {q['mfu'] * 100:.1f}% | "
-                 f"{q['diagnostics_on_over_off']:.3f} | {r['probe_amortised_frac'] * 100:.2f}% | "
+                 f"{q['diagnostics_on_over_off']:.3f} (paired {_paired(r, 'diagnostics_on_over_off_paired')}) | "
+                 f"{r['probe_amortised_frac'] * 100:.2f}% | "
                  f"{q['ours_over_reference']:.2f} | {bf16} | {r['compile_s']['train_step']:.1f} | "
                  f"{r['warmup']} / {r['repeats']} |")
   if "io" not in res:

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from circuits.bench.harness import MOE, SIZES, Settings, interleaved
+from circuits.bench.harness import MOE, SIZES, Settings, interleaved, paired_ratio
 
 def model_fields(family: str, size: str) -> dict:
   from configs.families import PUBLISHED
@@ -161,6 +161,8 @@ def bench_train_one(st: Settings, family: str, size: str, peak_f32_gflops: float
                  # throughput ours (diag on, the default) / bare reference; > 1: ours is faster
                  ours_over_reference=t_ref / t_on,
                  ours_diag_off_over_reference=t_ref / t_off))
+  # the same ratio read round by round, with its 95% bootstrap interval (harness.paired_ratio)
+  out["diagnostics_on_over_off_paired"] = paired_ratio(r["diag_off"]["timed_s"], r["diag_on"]["timed_s"])
   if st.bf16:  # throughput with bf16 activations / fp32 (the default), same step otherwise
     out["step_s_bf16"] = r["bf16"]["median_s"]
     out["ratios"]["bf16_over_fp32"] = t_on / r["bf16"]["median_s"]
