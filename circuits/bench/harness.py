@@ -96,6 +96,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) ->
       times[k].append(_now() - t0)
   return {k: dict(first_s=v[0], median_s=_median(v[warmup:]), timed_s=v[warmup:]) for k, v in times.items()}
 
+
 def paired_ratio(num_s, den_s, *, draws: int = 2000, seed: int = 0) -> dict:
   """The ratio num / den of two interleaved variants read round by round (the two calls of one round ran
   side by side, so load that drifts between rounds cancels): the median of the per-round ratios and a 95%

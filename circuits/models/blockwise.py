@@ -29,17 +29,20 @@ NEG = -1e30  # the running max's start and the hidden keys' logit in the max (fi
 KINDS = ("softmax", "gated", "softmax1", "sink_logit", "sigmoid")
 
 
-@jax.custom_vjp
-def _weighted_values(w_BxGxRxQxC, v_BxGxCxK):
-  """sum_s w_s v_s of one block: [B,G,R,Q,K]. Its VJP is written out (dw = dz v^T, dv = w^T dz) because
-  XLA:CPU runs these two dots 9-14% faster per train step than autodiff's transposes of the einsum inside
-  the scan, cond and checkpoint when there are several key blocks (1-layer d64, T 1024 / 2048, 61 paired
-  rounds, docs/benchmarks.md); with one block autodiff's form is faster, so it is used only when N > 1."""
+def _values_einsum(w_BxGxRxQxC, v_BxGxCxK):
+  """sum_s w_s v_s of one block: [B,G,R,Q,K]."""
   return jnp.einsum("bgrqc,bgck->bgrqk", w_BxGxRxQxC, v_BxGxCxK)
 
 
+# The same with its VJP written out (dw = dz v^T, dv = w^T dz): XLA:CPU runs these two dots 9-14% faster per
+# train step than autodiff's transposes of the einsum inside the scan, cond and checkpoint when there are
+# several key blocks (1-layer d64, T 1024 / 2048, 61 paired rounds, docs/benchmarks.md); with one block
+# autodiff's form is faster, so it is used only when N > 1.
+_weighted_values = jax.custom_vjp(_values_einsum)
+
+
 def _weighted_values_fwd(w_BxGxRxQxC, v_BxGxCxK):
-  return _weighted_values(w_BxGxRxQxC, v_BxGxCxK), (w_BxGxRxQxC, v_BxGxCxK)
+  return _values_einsum(w_BxGxRxQxC, v_BxGxCxK), (w_BxGxRxQxC, v_BxGxCxK)
 
 
 def _weighted_values_bwd(res, dz_BxGxRxQxK):
@@ -99,7 +102,7 @@ def online_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK=None, *, kind: str = "softm
   if segment_ids_BxT is not None:  # padded rows get their own segment -1 (they see only padded keys)
     seg_N = _blocks(_pad(segment_ids_BxT.astype(jnp.int32), 1, tp, -1), n, 1)  # [N,B,Q]
   idx = jnp.arange(blk)
-  weighted_values = _weighted_values if n > 1 else lambda w, vb: jnp.einsum("bgrqc,bgck->bgrqk", w, vb)
+  weighted_values = _weighted_values if n > 1 else _values_einsum
 
   def q_block(qb_BxGxRxQxK, segq_BxQ, i):
     def k_step(carry, xs):
