@@ -6,9 +6,10 @@ Q a query block, C a key block, N the number of blocks.
 The same math as `attention.attend` (fp32 logits l = q.k / sqrt(K), every variant of
 `attention.attention_weights`, GQA, causal and same-segment masks), computed per (query block, key block):
   running max m, l = sum_s e^{l_s - m}, acc = sum_s e^{l_s - m} v_s  (sigmoid: m = 0, w_s = sigmoid(l_s - ln S)),
-and, for the diagnostics, a = sum_s w_s log w_s (under stop_gradient). Then
+and, for the diagnostics, a = sum_s e^{l_s - m} l_s (sigmoid: sum_s w_s log w_s), summed in the same reduce as l
+and under stop_gradient. Then
   softmax/gated: z = acc / l;  softmax1 / sink_logit: z = acc e^{m - logaddexp(m + log l, b)} (b = 0 / b_h);
-  sigmoid: z = acc;  lse_real = m + log l;  sum_s p~_s log w_s = a / l.
+  sigmoid: z = acc;  lse_real = m + log l;  sum_s p~_s l_s = a / l (sigmoid: sum_s p~_s log w_s).
 Memory: the scan over query blocks is under `jax.checkpoint`, so the forward pass keeps only q, k, v and the
 per-row results; the backward pass recomputes one query block at a time (its key-block scan keeps [Q, C]
 weights for that block only: O(T * Q) per head, linear in T). Key blocks above the causal diagonal are skipped
@@ -54,6 +55,23 @@ def _weighted_values_bwd(res, dz_BxGxRxQxK):
 _weighted_values.defvjp(_weighted_values_fwd, _weighted_values_bwd)
 
 
+@jax.custom_jvp
+def _mass_and_moment(w_QxC, logw_QxC):
+  """(sum_s w_s, sum_s w_s log w_s) over the last axis as ONE variadic reduce: XLA:CPU computes both sums in
+  the loop that already sums w, so the diagnostics' moment costs one multiply-add per [Q, C] element (a
+  separate sum of w * log w is a second pass over the block, and q . sum_s w_s k_s an extra [Q, C] x [C, K]
+  matmul; both measurably slower, docs/benchmarks.md). The moment is a diagnostic: its tangent is zero."""
+  zero = jnp.zeros((), w_QxC.dtype)
+  return lax.reduce((w_QxC, w_QxC * logw_QxC), (zero, zero), lambda x, y: (x[0] + y[0], x[1] + y[1]),
+                    (w_QxC.ndim - 1,))
+
+
+@_mass_and_moment.defjvp
+def _mass_and_moment_jvp(primals, tangents):
+  mass_and_moment = _mass_and_moment(*primals)
+  return mass_and_moment, (tangents[0].sum(-1), jnp.zeros_like(mass_and_moment[1]))
+
+
 def _blocks(x, n, axis):
   """Split `axis` of x (length n * blk) into n blocks stacked in front: [n, ..., blk, ...]."""
   shape = x.shape
@@ -74,8 +92,8 @@ def online_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK=None, *, kind: str = "softm
                      block: int = 512, stats: bool = False):
   """The blockwise pass. Returns (acc_BxGxRxTxK or None, m_BxGxRxT, l_BxGxRxT, a_BxGxRxT or None), fp32.
 
-  v None: the forward-only stats pass (no values, no acc). stats: also accumulate a = sum_s w_s log w_s
-  (stop_gradient). m is 0 for sigmoid. Rows and keys are padded to a multiple of the block; padded keys are
+  v None: the forward-only stats pass (no values, no acc). stats: also accumulate the diagnostics' a (module
+  docstring; stop_gradient). m is 0 for sigmoid. Rows and keys are padded to a multiple of the block; padded keys are
   invisible to real queries.
   """
   if kind not in KINDS:
@@ -124,15 +142,10 @@ def online_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK=None, *, kind: str = "softm
           m2 = lax.stop_gradient(jnp.maximum(m, jnp.where(vis, logits, NEG).max(-1)))
           w = jnp.exp(jnp.where(vis, logits - m2[..., None], NEG))  # masked before exp: no inf * 0 in the grad
           c = jnp.exp(m - m2)
-        l2 = l * c + w.sum(-1)
+        mass, moment = (w.sum(-1), None) if a is None else _mass_and_moment(w, logw)  # hidden keys: w = 0
+        l2 = l * c + mass
         acc2 = None if acc is None else acc * c[..., None] + weighted_values(w, vb)
-        a2 = None
-        if a is not None and sigmoid:
-          a2 = a * lax.stop_gradient(c) + lax.stop_gradient(jnp.sum(w * logw, -1))  # hidden keys: w = 0
-        elif a is not None:  # sum_s w_s l_s = q . (sum_s w_s k_s) / sqrt(K): a [Q, C] x [C, K] matmul instead
-          # of a second elementwise pass over the [Q, C] block (the product w * l and its sum)
-          wk = jnp.einsum("bgrqc,bgck->bgrqk", lax.stop_gradient(w), kb)
-          a2 = a * lax.stop_gradient(c) + lax.stop_gradient(jnp.sum(wk * qb_BxGxRxQxK, -1) * inv_sqrt_k)
+        a2 = None if a is None else a * lax.stop_gradient(c) + lax.stop_gradient(moment)
         return m2, l2, acc2, a2
 
       return lax.cond(j <= i, compute, lambda c: c, carry), None
