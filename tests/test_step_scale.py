@@ -112,10 +112,20 @@ def test_remat_unknown_policy_is_refused():
 
 # ----- microbatches -----
 
+@pytest.fixture
+def default_codegen():
+  """XLA's default code generation for this test's compiles (the session sets JAX_DISABLE_MOST_OPTIMIZATIONS,
+  tests/conftest.py): its AdamW-update bound below was measured with it."""
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_microbatches_equal_full_batch(family):
+def test_microbatches_equal_full_batch(family, default_codegen):
   """m = 4 vs m = 1 on the same batch (mask with unequal token counts per microbatch): loss, grads, every
-  diagnostic within 1e-6, the params after one update of the trainer's optimizer within 3% of the learning rate
+  diagnostic within 1e-6, the params after one update of the trainer's optimizer within 1% of the learning rate
   (AdamW's per-element normalisation; see below). OLMoE's lb_loss is the mean over microbatches of each one's
   lb_loss (not linear in the tokens): checked against m = 1 on each microbatch (rows i::4); the router aux
   coefficient is 0 for the gradient comparison, so that the objective is the same function."""
@@ -134,11 +144,10 @@ def test_microbatches_equal_full_batch(family):
   tx = step_lib.make_optimizer(tr)  # the step's clip + AdamW, one update
   update = lambda g: optax.apply_updates(params, tx.update(g, tx.init(params), params)[0])
   # AdamW's first update is about lr * g / (|g| + eps) per element: float-rounding differences of near-zero
-  # gradient elements (|g| ~ eps) are amplified to a fraction of lr (slope lr / eps there). Measured at lr 1e-3:
-  # 1.5e-6 (pythia), 5.7e-6 (olmo), 5.7e-7 (olmoe) with XLA's default code generation (2026-12-03); 1.24e-5
-  # (olmo) under the test session's JAX_DISABLE_MOST_OPTIMIZATIONS (conftest.py; 2026-12-04); bounded at 3% of
-  # lr. The gradients themselves agree within 1e-6 (above)
-  assert max_diff(update(g4), update(g1)) <= 0.03 * float(tr.lr), max_diff(update(g4), update(g1))
+  # gradient elements (|g| ~ eps) are amplified to a fraction of lr (slope lr / eps there). Measured at lr 1e-3
+  # with XLA's default code generation (the fixture): 1.5e-6 (pythia), 5.7e-6 (olmo), 5.7e-7 (olmoe), 2026-12-03;
+  # bounded at 1% of lr. (The -O0 code of the rest of the session rounds differently: 1.24e-5 for olmo.)
+  assert max_diff(update(g4), update(g1)) <= 0.01 * float(tr.lr), max_diff(update(g4), update(g1))
   assert max_diff(update(g1), params) > 1e-5  # the update moved the params
   assert float(a4["tokens"]) == float(a1["tokens"]) == float(b["loss_mask_BxT"].sum())
   assert max_diff(a4["attn"], a1["attn"]) <= 1e-6
