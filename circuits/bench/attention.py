@@ -253,7 +253,9 @@ def run(quick: bool = False) -> list[dict]:
             bench_cost((64,), tokens=128, models=DIAG_MODELS[:1]) +
             bench_impls((64,), tokens=128, warmup=1, repeats=1, memory=False) +
             memory_rows_subprocess((256, 512), ("exact", "blockwise")))
-  return (bench_diag(repeats=41) + bench_diag(model="pythia 10M", warmup=1, repeats=9) + bench_cost() +
+  # rounds: enough for a paired interval of about +-2% on this CPU (docs/benchmarks.md, section 8)
+  return (bench_diag(repeats=81) + bench_diag((256, 1024, 4096), model="pythia 10M", warmup=1, repeats=21) +
+          bench_cost() +
           bench_cost(impl="blockwise") + bench_impls() +
           memory_rows_subprocess((1024, 2048, 4096, 8192), ("blockwise",)) +
           memory_rows_subprocess((1024, 2048, 4096), ("exact",)))
