@@ -99,6 +99,29 @@ def test_blockwise_equals_attend(kind):
     assert rel(a, b) <= 1e-5
 
 
+def test_stats_pass_every_lane_width():
+  """The diagnostics' reduce splits each key block into lanes of 16, 8 or 1 (blockwise._mass_and_moment, by
+  what divides the block): blocks of 16, 24 and 20 at T 37 (padding, segments, GQA) take each width; the stats
+  pass equals the materialised-weights reference to 1e-6 with each, for softmax and sigmoid (whose moment is
+  sum w log w); and the (mass, moment) pair equals a float64 numpy sum on a random block of each width."""
+  q, k, _, _, seg = inputs()
+  pos = jnp.broadcast_to(jnp.arange(q.shape[1]), q.shape[:2])
+  mask = A.causal_mask(pos, seg)
+  for kind in ("softmax", "sigmoid"):
+    ref = reference_stats(q, k, mask, kind, None)
+    for block in (16, 24, 20):
+      st = BW.attention_stats(q, k, kind=kind, segment_ids_BxT=seg, block=block)
+      assert max_stat_diff(ref, st) <= 1e-6, (kind, block)
+  rng = np.random.default_rng(5)
+  for c in (32, 24, 20):
+    w = rng.random((3, 7, c)).astype(np.float32)
+    logw = rng.normal(size=(3, 7, c)).astype(np.float32) * 4
+    mass, moment = BW._mass_and_moment(jnp.asarray(w), jnp.asarray(logw))
+    w64 = w.astype(np.float64)
+    np.testing.assert_allclose(np.asarray(mass), w64.sum(-1), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(moment), (w64 * logw).sum(-1), rtol=1e-5, atol=1e-5)
+
+
 def test_stats_stay_fp32_with_bf16_inputs():
   """bf16 q/k (logits up to ~30): the stats pass equals the fp32 reference on the same bf16 operands to
   1e-6, while the same formulas fed a bf16 lse are off by far more (so the test can tell)."""

@@ -5,8 +5,8 @@
     python -m circuits.bench.attention train_1b --config pythia_1b --seq_len 2048 --batch 8 --devices 8
 
 Sections:
-  diag        blockwise train step, diagnostics on/off throughput ratio at T = 256..4096 (timed interleaved), for a
-              1-layer stress model and for the trainer benchmark's Pythia 10M
+  diag        blockwise train step, diagnostics on/off throughput ratio (timed interleaved, paired per round) at
+              T = 256..4096 for a 1-layer stress model and at T = 256, 1024, 4096 for the trainer benchmark's Pythia 10M
   cost        exact and blockwise, diagnostics on/off: XLA cost analysis (FLOPs, bytes, transcendentals) of the
               compiled step
   impls       blockwise vs exact: train step seconds (interleaved) and XLA temp memory, side by side
