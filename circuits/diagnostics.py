@@ -115,15 +115,28 @@ def reductions_from_qk(q_BxTxHxK, k_BxSxGxK, lse_real_BxHxT, mean_logw_BxHxT, fi
       first_visible_BxT, prev_visible_BxT, kind=kind, sink_logit_H=None if sink_logit_H is None else sg(sink_logit_H))
 
 
+def reductions_from_log_weights(logw_BxHxTxS, lse_real_BxHxT, mean_logw_BxHxT, mask_BxTxS, *, kind: str,
+                                sink_logit_H=None) -> dict:
+  """`reductions_from_row_stats` with log w at keys 0, t-1 and t read off the materialised [T, S] log weights
+  (column 0 and two diagonals: no exp or log per element). Rows are causal (T == S); mask_BxTxS is the
+  visibility the weights were computed with. The exact attention reduces through here."""
+  diag = lambda a, off: jnp.diagonal(a, offset=off, axis1=-2, axis2=-1)
+  pad_prev = lambda a: jnp.concatenate([jnp.zeros_like(a[..., :1]), a], -1)  # row t holds key t-1; row 0 unused
+  return reductions_from_row_stats(
+      lse_real_BxHxT, mean_logw_BxHxT, logw_BxHxTxS[..., 0], pad_prev(diag(logw_BxHxTxS, -1)),
+      diag(logw_BxHxTxS, 0), mask_BxTxS[:, :, 0], pad_prev(diag(mask_BxTxS, -1)), kind=kind,
+      sink_logit_H=sink_logit_H)
+
+
 def attention_reductions_from_logits(logits_BxHxTxS, probs_BxHxTxS, mask_BxTxS, *, kind: str,
                                      sink_logit_H=None) -> dict:
-  """`attention_reductions` of the exact attention, read off its logits by `reductions_from_row_stats`.
+  """`attention_reductions` of the exact attention from its logits and weights (`reductions_from_log_weights`).
 
   logits_BxHxTxS: the scaled logits before masking; probs_BxHxTxS: the weights computed from them (0 on hidden
-  keys; the renormalised row of the softmax family is probs / row sum; sigmoid's weights are its w). No
-  per-element log or exp for softmax/gated: lse from two max reductions (below), sum p~ log w one multiply-add
-  pass over the already materialised logits and weights, and the masses from the logits' first column and two
-  diagonals. Rows are causal (T == S).
+  keys; the renormalised row of the softmax family is probs / row sum; sigmoid's weights are its w). The real
+  keys' lse is summed from the logits (softmax1 / sink_logit: the sink may take nearly all the mass), or the log
+  of sigmoid's row sum. `attend` uses this for softmax1, sink_logit and sigmoid; its softmax and gated rows take
+  the lse from the softmax's own max and sum instead (`softmax_lse`).
   """
   f32 = jnp.float32
   logits = logits_BxHxTxS.astype(f32)
@@ -133,22 +146,12 @@ def attention_reductions_from_logits(logits_BxHxTxS, probs_BxHxTxS, mask_BxTxS, 
     w_sum = p.sum(-1)
     lse_real = jnp.log(w_sum)
     mean_logw = jnp.sum(p * logw, -1) / w_sum
-  elif kind in ("softmax", "gated"):
-    # p_s = e^{l_s - lse} for every visible key, so at the row's largest visible logit m: lse = m - log max_s p_s,
-    # and max_s p_s = 1 / sum_s e^{l_s - m} >= 1 / S never underflows. Two max reductions, no exp or log.
-    m = jnp.max(jnp.where(mask_BxTxS[:, None], logits, -jnp.inf), -1)
-    lse_real = m - jnp.log(jnp.max(p, -1))
-    mean_logw = jnp.sum(p * logits, -1)  # hidden keys have p = 0
-  else:  # softmax1 / sink_logit: the sink may take nearly all the mass, so the real keys' lse is summed
+  else:
     masked = jnp.where(mask_BxTxS[:, None], logits, -jnp.inf)
     m = jnp.max(masked, -1, keepdims=True)
     lse_real = (m + jnp.log(jnp.sum(jnp.exp(masked - m), -1, keepdims=True)))[..., 0]
-    mean_logw = jnp.sum(p * logits, -1) / p.sum(-1)
-  diag = lambda a, off: jnp.diagonal(a, offset=off, axis1=-2, axis2=-1)
-  pad_prev = lambda a: jnp.concatenate([jnp.zeros_like(a[..., :1]), a], -1)  # row t holds key t-1; row 0 unused
-  return reductions_from_row_stats(
-      lse_real, mean_logw, logw[..., 0], pad_prev(diag(logw, -1)), diag(logw, 0), mask_BxTxS[:, :, 0],
-      pad_prev(diag(mask_BxTxS, -1)), kind=kind, sink_logit_H=sink_logit_H)
+    mean_logw = jnp.sum(p * logits, -1) / p.sum(-1)  # hidden keys have p = 0
+  return reductions_from_log_weights(logw, lse_real, mean_logw, mask_BxTxS, kind=kind, sink_logit_H=sink_logit_H)
 
 
 def routing_stats(probs_NxE, topk_idx_NxK, logits_NxE) -> dict:

@@ -275,6 +275,17 @@ def test_splash_interpret_equals_attend(kind, segments):
     assert rel(a, b) <= 1e-5
 
 
+def test_exact_stats_need_every_query_row():
+  """The exact path reads the masses off the logits' diagonals, which only a causal T == S call has: a call with
+  fewer query rows than keys asks for stats in vain and is told so (no silently wrong diagonal)."""
+  q, k, v, _, _ = inputs(b=1, t=16, h=2, g=2, kd=8)
+  mask = A.causal_mask(jnp.broadcast_to(jnp.arange(16), (1, 16)))
+  with pytest.raises(ValueError, match="T == S.*T 4, S 16"):
+    A.attend(q[:, :4], k, v, mask[:, :4], A.Probe(stats=True))
+  z, aux = A.attend(q[:, :4], k, v, mask[:, :4], A.Probe())  # without stats the same call is fine
+  assert z.shape == (1, 4, 2, 8) and not aux
+
+
 def test_kernel_choices_fail_clearly():
   q, k, v, _, _ = inputs(b=1, t=16, h=2, g=2, kd=8)
   with pytest.raises(kernels.KernelUnavailable, match="cudnn.*blockwise"):

@@ -179,6 +179,9 @@ def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, probe: Probe, kind: str 
   v_BxGxSxK = v_BxSxGxK.astype(jnp.float32).transpose(0, 2, 1, 3)
   logits_BxGxRxTxS = jnp.einsum("bgrtk,bgsk->bgrts", q_BxGxRxTxK, k_BxGxSxK)
   logits_BxHxTxS = logits_BxGxRxTxS.reshape(b, h, t, -1) / math.sqrt(k)
+  if probe.stats and t != logits_BxHxTxS.shape[-1]:
+    raise ValueError(f"stats need every query row of causal self-attention (T == S); got T {t}, "
+                     f"S {logits_BxHxTxS.shape[-1]}: ask for stats in a full-sequence call")
   fused_stats = probe.stats and kind in ("softmax", "gated")
   if fused_stats:  # the row's lse from the softmax's own max and sum
     masked_BxHxTxS = masked_logits(logits_BxHxTxS, mask_BxTxS)
@@ -195,14 +198,13 @@ def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, probe: Probe, kind: str 
   if fused_stats:
     # The blockwise pass's formulas (diagnostics.reductions_from_row_stats), with no log or exp per element:
     # the lse from the softmax above, sum_s p_s l_s one multiply-add pass over the weights and masked logits the
-    # softmax already holds, the masses from three O(T) dot products of q and k (reading no [T, S] array, so
-    # XLA keeps the mask fused into the score matmul). The per-element p log p of attention_reductions cost up
-    # to +83% transcendentals; side by side, on/off read 0.89-1.02 with it and 1.00-1.15 with this (AMD, noisy;
-    # docs/benchmarks.md, 2026-12-03).
+    # softmax already holds, and the logits at keys 0, t-1 and t read off the logits' column 0 and two diagonals.
+    # Trainer, batch 8 x T 256, paired rounds: diagnostics on / off read 0.990-1.016 at 10M this way, against
+    # 0.959-1.028 with three O(T) q.k dot products instead (OLMo 10M the low one; docs/benchmarks.md section 10).
     mean_l_BxHxT = jnp.sum(lax.stop_gradient(probs_BxHxTxS) * lax.stop_gradient(masked_BxHxTxS), -1)
-    prev_vis_BxT = jnp.pad(jnp.diagonal(mask_BxTxS, offset=-1, axis1=1, axis2=2), ((0, 0), (1, 0)))
-    aux["stats"] = diagnostics.reductions_from_qk(q_BxTxHxK, k_BxSxGxK, lse_BxHxT, mean_l_BxHxT, mask_BxTxS[:, :, 0],
-                                                  prev_vis_BxT, kind=kind)
+    aux["stats"] = diagnostics.reductions_from_log_weights(lax.stop_gradient(logits_BxHxTxS),
+                                                           lax.stop_gradient(lse_BxHxT), mean_l_BxHxT, mask_BxTxS,
+                                                           kind=kind)
   elif probe.stats:  # softmax1, sink_logit, sigmoid: lse and sum p~ log w from the logits and weights
     aux["stats"] = diagnostics.attention_reductions_from_logits(logits_BxHxTxS, probs_BxHxTxS, mask_BxTxS, kind=kind,
                                                                 sink_logit_H=sink_logit_H)
