@@ -150,7 +150,9 @@ def attention_weights(logits_BxHxTxS, mask_BxTxS, kind: str = "softmax", sink_lo
   """
   masked = masked_logits(logits_BxHxTxS, mask_BxTxS)
   if kind in ("softmax", "gated"):
-    return jax.nn.softmax(masked, axis=-1)
+    # softmax_lse: jax.nn.softmax's operations and derivative; its loss-and-grad step ran 12-18% faster on a
+    # 1-layer model (no difference at 10M; docs/benchmarks.md section 10)
+    return softmax_lse(masked)[0]
   if kind in ("softmax1", "sink_logit"):
     b, h, t, _ = logits_BxHxTxS.shape
     extra_H = jnp.zeros((h,), jnp.float32) if kind == "softmax1" else sink_logit_H.astype(jnp.float32)
