@@ -89,7 +89,11 @@ def _fig_circuit(m: str, df: pd.DataFrame, s: dict, p: dict, out: Path) -> str:
     a.set_xlabel("tokens seen")
     a.set_ylabel(yl, fontsize=8)
     a.grid(alpha=0.3)
-    a.legend(fontsize=6)
+    if a.get_legend_handles_labels()[0]:
+      a.legend(fontsize=6)
+  if not s["final_induction_circuit"]:  # say so on the figure rather than leave an empty panel
+    a2.text(0.5, 0.5, "no head reaches the threshold at the last revision", transform=a2.transAxes, ha="center",
+            fontsize=8)
   a1.set_yscale("log", nonpositive="clip")
   fig.suptitle(f"{m}: final induction circuit heads ({col} >= {A.fmt(p['induction_threshold'])} at the last revision)",
                fontsize=9)
