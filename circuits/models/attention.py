@@ -202,7 +202,7 @@ def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, probe: Probe, kind: str 
     # the lse from the softmax above, sum_s p_s l_s one multiply-add pass over the weights and masked logits the
     # softmax already holds, and the logits at keys 0, t-1 and t read off the logits' column 0 and two diagonals.
     # Trainer, batch 8 x T 256, paired rounds: diagnostics on / off 0.980-1.012 at 10M and 50M this way; with
-    # three O(T) q.k dot products instead, OLMo 10M read 0.930-0.983 (docs/benchmarks.md, sections 9 and 10).
+    # three O(T) q.k dot products instead, OLMo 10M read 0.930-0.992 (docs/benchmarks.md, sections 9 and 10).
     mean_l_BxHxT = jnp.sum(lax.stop_gradient(probs_BxHxTxS) * lax.stop_gradient(masked_BxHxTxS), -1)
     aux["stats"] = diagnostics.reductions_from_log_weights(lax.stop_gradient(logits_BxHxTxS),
                                                            lax.stop_gradient(lse_BxHxT), mean_l_BxHxT, mask_BxTxS,
