@@ -260,7 +260,7 @@ def test_ragged_and_dense_moe_agree():
     def loss(st):
       logits = nnx.merge(gdef, st)(jnp.asarray(tok)).logits_BxTxV
       return -jnp.take_along_axis(jax.nn.log_softmax(logits), tgt[..., None], -1).mean()
-    return nnx.to_pure_dict(jax.grad(loss)(state))
+    return nnx.to_pure_dict(jax.jit(jax.grad(loss))(state))
 
   ga, gb = jax.tree.leaves(grads(ragged)), jax.tree.leaves(grads(dense))
   assert len(ga) == len(gb) and max(float(jnp.abs(x).max()) for x in ga) > 1e-3  # not a zero gradient
